@@ -1,0 +1,84 @@
+"""The command line: ``python -m backend <job> [params]``, one sub-command per registered job.
+
+Prints the job's result as JSON on stdout, progress on stderr; a user error exits 2 with one
+line, an internal error exits 1 with its traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from typing import Any
+
+from . import __version__, jobs
+from .errors import JobCancelled, UserError
+from .progress import Progress
+from .worker import run_job
+
+_ARG_TYPES = {"int": int, "float": float}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m backend", description="Terrafuse backend jobs.")
+    parser.add_argument("--version", action="version", version=f"terrafuse-backend {__version__}")
+    parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
+    sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
+    for spec in jobs.JOBS.values():
+        job_parser = sub.add_parser(spec.name, help=spec.title, description=spec.help)
+        for param in spec.params:
+            _add_argument(job_parser, param)
+    return parser
+
+
+def _add_argument(parser: argparse.ArgumentParser, param: jobs.Param) -> None:
+    kwargs: dict[str, Any] = {"help": param.help}
+    if param.kind == "bool":
+        kwargs["action"] = argparse.BooleanOptionalAction
+        kwargs["default"] = None if param.required else param.default
+    else:
+        kwargs["type"] = _ARG_TYPES.get(param.kind, str)
+        if param.choices:
+            kwargs["choices"] = param.choices
+        if param.kind in ("raster", "vector", "file", "output_folder", "output_file"):
+            kwargs["metavar"] = param.kind.upper().replace("OUTPUT_", "")
+    if param.positional:
+        parser.add_argument(param.name, **kwargs)
+        return
+    flag = "--" + param.name.replace("_", "-")
+    if param.required:
+        kwargs["required"] = True
+    else:
+        kwargs.setdefault("default", param.default)
+        if param.default is not None and param.kind != "bool":
+            kwargs["help"] += f" (default: {param.default})"
+    parser.add_argument(flag, dest=param.name, **kwargs)
+
+
+def _print_progress(done: int, total: int, message: str) -> None:
+    print(f"[{done}/{total}] {message}", file=sys.stderr, flush=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
+    spec = jobs.get(args.job)
+    raw = {p.name: getattr(args, p.name) for p in spec.params}
+    progress = Progress(None if args.quiet else _print_progress, min_interval_s=1.0)
+    try:
+        result = run_job(spec.name, raw, progress)
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (KeyboardInterrupt, JobCancelled):
+        print("cancelled", file=sys.stderr)
+        return 130
+    json.dump(result, sys.stdout, indent=2)
+    sys.stdout.write("\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

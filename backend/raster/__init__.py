@@ -1,0 +1,1 @@
+"""Raster access: areas, windows, statistics (rasterio and pyogrio; no qgis)."""
