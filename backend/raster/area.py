@@ -58,7 +58,10 @@ def area_window(src: rasterio.io.DatasetReader, area: AreaOfInterest | None) -> 
     if area.crs is None:
         raise UserError("The area has no CRS; save it with one (any CRS works, it is reprojected)")
     local = area.to_crs(src.crs)
-    window = from_bounds(*local.bounds, transform=src.transform).round_offsets("floor").round_lengths("ceil")
+    exact = from_bounds(*local.bounds, transform=src.transform)
+    col_off, row_off = math.floor(exact.col_off), math.floor(exact.row_off)
+    window = Window(col_off, row_off, math.ceil(exact.col_off + exact.width) - col_off,
+                    math.ceil(exact.row_off + exact.height) - row_off)
     try:
         clipped = window.intersection(full)
     except rasterio.errors.WindowError:

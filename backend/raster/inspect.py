@@ -49,7 +49,7 @@ def run_inspect(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         # Statistics from at most max_samples_px pixels: a decimated read uses the overviews.
         scale = max(1.0, math.sqrt(window.width * window.height / max(1, params["max_samples_px"])))
         out_h, out_w = max(1, round(window.height / scale)), max(1, round(window.width / scale))
-        window_transform = src.window_transform(window) * rasterio.Affine.scale(window.width / out_w,
+        window_transform = src.window_transform(window) @ rasterio.Affine.scale(window.width / out_w,
                                                                                window.height / out_h)
         inside = None
         if local_area is not None:

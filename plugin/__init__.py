@@ -1,0 +1,1 @@
+"""The QGIS side of Terrafuse: everything that touches QGIS or Qt. Never imports torch."""

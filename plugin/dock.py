@@ -1,0 +1,349 @@
+"""The Terrafuse dock: choose a raster, an area and a task, run it in the worker, see the result.
+
+The layout lives in ui/dock.ui; this module holds the behaviour only.
+"""
+
+from __future__ import annotations
+
+import html
+import os
+from typing import Any, Dict, Optional
+
+from qgis.core import (
+    Qgis,
+    QgsApplication,
+    QgsGeometry,
+    QgsMapLayerProxyModel,
+    QgsRasterLayer,
+    QgsWkbTypes,
+)
+from qgis.gui import QgsFileWidget
+from qgis.PyQt import uic
+from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtWidgets import QDockWidget
+
+from ..backend import jobs
+from .area import AreaError, AreaSelection, area_from_layer
+from .map_tools import PolygonAreaTool, RectangleAreaTool, make_area_band
+from .settings import PluginSettings
+from .tasks import JobTask
+from .worker_client import PLUGIN_ROOT, WorkerClient
+
+FORM_CLASS, _ = uic.loadUiType(os.path.join(PLUGIN_ROOT, "ui", "dock.ui"))
+
+#: (key, label) of the ways to choose an area.
+AREA_MODES = (
+    ("whole", "Whole raster"),
+    ("canvas", "Canvas extent"),
+    ("rectangle", "Draw a rectangle"),
+    ("polygon", "Draw a polygon"),
+    ("layer", "Polygons of a layer"),
+)
+#: The jobs the dock offers; each later capability adds its job here.
+DOCK_TASKS = ("inspect",)
+
+
+class TerrafuseDock(QDockWidget, FORM_CLASS):
+    """The dock's behaviour. ``jobDone(job, outcome)`` is emitted when a job ends (tests wait on it)."""
+
+    jobDone = pyqtSignal(str, object)
+
+    def __init__(self, iface: Any, client: WorkerClient, settings: PluginSettings, parent=None) -> None:
+        super().__init__(parent)
+        self.setupUi(self)
+        self.setObjectName("TerrafuseDock")
+        self.iface = iface
+        self.canvas = iface.mapCanvas()
+        self.client = client
+        self.settings = settings
+        self.task: Optional[JobTask] = None
+        self._drawn: Optional[AreaSelection] = None
+        self._device = ""  # the device line of the last info job
+        self._area_band = make_area_band(self.canvas)
+        self._rectangle_tool = RectangleAreaTool(self.canvas)
+        self._polygon_tool = PolygonAreaTool(self.canvas)
+        for tool in (self._rectangle_tool, self._polygon_tool):
+            tool.areaDrawn.connect(self._on_area_drawn)
+            tool.deactivated.connect(lambda: self.drawAreaButton.setChecked(False))
+
+        self.rasterCombo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.areaLayerCombo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        for key, label in AREA_MODES:
+            self.areaModeCombo.addItem(label, key)
+        for name in DOCK_TASKS:
+            spec = jobs.JOBS[name]
+            self.taskCombo.addItem(spec.title, name)
+        self.pythonWidget.setStorageMode(QgsFileWidget.GetFile)
+        self.pythonWidget.setFilePath(settings.python_path)
+
+        self.areaModeCombo.currentIndexChanged.connect(self._on_area_mode_changed)
+        self.areaLayerCombo.layerChanged.connect(self._update_area_label)
+        self.selectedOnlyCheck.toggled.connect(self._update_area_label)
+        self.drawAreaButton.toggled.connect(self._on_draw_toggled)
+        self.clearAreaButton.clicked.connect(self.clear_area)
+        self.taskCombo.currentIndexChanged.connect(self._on_task_changed)
+        self.runButton.clicked.connect(self.run_task)
+        self.cancelButton.clicked.connect(self.cancel_task)
+        self.checkBackendButton.clicked.connect(self.check_backend)
+        self.pythonWidget.fileChanged.connect(self._on_python_changed)
+        self._on_area_mode_changed()
+        self._on_task_changed()
+
+    # -- area -----------------------------------------------------------------------------
+    @property
+    def area_mode(self) -> str:
+        return self.areaModeCombo.currentData()
+
+    def set_area_mode(self, key: str) -> None:
+        self.areaModeCombo.setCurrentIndex(self.areaModeCombo.findData(key))
+
+    def _on_area_mode_changed(self) -> None:
+        mode = self.area_mode
+        drawing = mode in ("rectangle", "polygon")
+        self.drawAreaButton.setEnabled(drawing)
+        self.clearAreaButton.setEnabled(drawing)
+        self.areaLayerCombo.setEnabled(mode == "layer")
+        self.selectedOnlyCheck.setEnabled(mode == "layer")
+        if self.drawAreaButton.isChecked():
+            self.drawAreaButton.setChecked(False)
+        if drawing and self._drawn is None:
+            self.drawAreaButton.setChecked(True)  # choosing "draw" means drawing now
+        self._update_area_label()
+
+    def _on_draw_toggled(self, checked: bool) -> None:
+        tool = self._rectangle_tool if self.area_mode == "rectangle" else self._polygon_tool
+        if checked:
+            self.canvas.setMapTool(tool)
+        else:
+            for candidate in (self._rectangle_tool, self._polygon_tool):
+                if self.canvas.mapTool() is candidate:
+                    self.canvas.unsetMapTool(candidate)
+
+    def _on_area_drawn(self, geometry: QgsGeometry) -> None:
+        crs = self.canvas.mapSettings().destinationCrs()
+        source = "Drawn rectangle" if self.area_mode == "rectangle" else "Drawn polygon"
+        self._drawn = AreaSelection(geometry, crs, source)
+        self.drawAreaButton.setChecked(False)
+        self._update_area_label()
+
+    def clear_area(self) -> None:
+        self._drawn = None
+        self._update_area_label()
+
+    def current_area(self) -> Optional[AreaSelection]:
+        """The area the next job covers; ``None`` for the whole raster."""
+        mode = self.area_mode
+        if mode == "whole":
+            return None
+        if mode == "canvas":
+            crs = self.canvas.mapSettings().destinationCrs()
+            return AreaSelection(QgsGeometry.fromRect(self.canvas.extent()), crs, "Canvas extent")
+        if mode in ("rectangle", "polygon"):
+            if self._drawn is None:
+                raise AreaError("Draw the area on the map first (click Draw)")
+            return self._drawn
+        layer = self.areaLayerCombo.currentLayer()
+        if layer is None:
+            raise AreaError("Choose a polygon layer for the area")
+        return area_from_layer(layer, self.selectedOnlyCheck.isChecked())
+
+    def _update_area_label(self) -> None:
+        self._area_band.reset(QgsWkbTypes.PolygonGeometry)
+        try:
+            area = self.current_area()
+        except AreaError as exc:
+            self.areaLabel.setText(str(exc))
+            return
+        if area is None:
+            self.areaLabel.setText("Area: the whole raster")
+            return
+        self.areaLabel.setText(f"Area: {area.summary()}")
+        if area.source != "Canvas extent":
+            self._area_band.setToGeometry(area.in_crs(self.canvas.mapSettings().destinationCrs()), None)
+
+    # -- tasks ----------------------------------------------------------------------------
+    @property
+    def current_job(self) -> str:
+        return self.taskCombo.currentData()
+
+    def _on_task_changed(self) -> None:
+        spec = jobs.JOBS[self.current_job]
+        self.taskHelpLabel.setText(spec.help)
+
+    def job_params(self, job: str) -> Dict[str, Any]:
+        """The job's parameters from the dock's widgets; raises AreaError with a user message."""
+        if job == "info":
+            return {}
+        layer = self.rasterCombo.currentLayer()
+        if not isinstance(layer, QgsRasterLayer):
+            raise AreaError("Choose a raster layer first")
+        if layer.providerType() != "gdal":
+            raise AreaError(
+                f"The layer '{layer.name()}' is a {layer.providerType()} layer, not a file: for now the backend "
+                "reads rasters that GDAL opens from a file (export it with Raster > Conversion > Translate)"
+            )
+        params: Dict[str, Any] = {"image": layer.source()}
+        area = self.current_area()
+        if area is not None:
+            params["aoi"] = area.write()
+        return params
+
+    def run_task(self, job: Optional[str] = None) -> Optional[JobTask]:
+        job = job or self.current_job
+        if self.task is not None:
+            self._show_status("A job is already running", error=True)
+            return None
+        try:
+            params = self.job_params(job)
+        except AreaError as exc:
+            self._show_status(str(exc), error=True)
+            return None
+        spec = jobs.JOBS[job]
+        task = JobTask(self.client, job, params, f"Terrafuse: {spec.title}")
+        task.progressMessage.connect(self._on_progress)
+        task.jobFinished.connect(lambda outcome, job=job: self._on_finished(job, outcome))
+        self.task = task
+        self._set_running(True, f"{spec.title}: starting the backend…")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def cancel_task(self) -> None:
+        if self.task is not None:
+            self.statusLabel.setText("Cancelling…")
+            self.task.cancel()
+
+    def check_backend(self) -> Optional[JobTask]:
+        return self.run_task("info")
+
+    def _on_python_changed(self, path: str) -> None:
+        self.settings.python_path = path
+        if path and path != self.client.python:
+            self.client.stop()
+            self.client.python = self.settings.python_path
+            self.backendLabel.setText("Not started (interpreter changed)")
+
+    def _set_running(self, running: bool, message: str) -> None:
+        self.runButton.setEnabled(not running)
+        self.checkBackendButton.setEnabled(not running)
+        self.cancelButton.setEnabled(running)
+        if running:
+            self.progressBar.setValue(0)
+        self.statusLabel.setText(message)
+
+    def _on_progress(self, done: int, total: int, message: str, left_s: float) -> None:
+        if total > 0:
+            self.progressBar.setValue(int(100 * done / total))
+        eta = f", about {_duration(left_s)} left" if left_s >= 0 else ""
+        device = f" — {self._device}" if self._device else ""
+        self.statusLabel.setText(f"{done} of {total} done{eta} — {message}{device}")
+
+    def _on_finished(self, job: str, outcome: Dict[str, Any]) -> None:
+        self.task = None
+        status = outcome["status"]
+        if status == "ok":
+            self.progressBar.setValue(100)
+            self._set_running(False, f"Done in {outcome.get('elapsed_s', 0):.1f} s")
+            self.show_result(job, outcome["result"])
+        elif status == "cancelled":
+            self._set_running(False, "Cancelled")
+            self.progressBar.setValue(0)
+        else:
+            self._set_running(False, "")
+            self._show_status(outcome["message"], error=True)
+        self.jobDone.emit(job, outcome)
+
+    def _show_status(self, message: str, error: bool = False) -> None:
+        self.statusLabel.setText(message)
+        if error:
+            self.iface.messageBar().pushMessage("Terrafuse", message.splitlines()[0], level=Qgis.Warning,
+                                                duration=8)
+
+    # -- results --------------------------------------------------------------------------
+    def show_result(self, job: str, result: Dict[str, Any]) -> None:
+        if job == "info":
+            self._device = describe_device(result)
+            self.backendLabel.setText(self._device)
+            self.resultBrowser.setHtml(info_html(result))
+        elif job == "inspect":
+            self.resultBrowser.setHtml(inspect_html(result))
+
+    def cleanup(self) -> None:
+        """Leave nothing behind on the canvas: tools unset, rubber bands removed, task cancelled."""
+        if self.task is not None:
+            self.task.cancel()
+        for tool in (self._rectangle_tool, self._polygon_tool):
+            if self.canvas.mapTool() is tool:
+                self.canvas.unsetMapTool(tool)
+        for item in (self._area_band, self._rectangle_tool._band, self._polygon_tool._band):
+            self.canvas.scene().removeItem(item)
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    if seconds < 5400:
+        return f"{seconds / 60:.0f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def describe_device(info: Dict[str, Any]) -> str:
+    """One line for the dock: the device jobs will use."""
+    devices = info.get("devices", [])
+    chosen = info.get("device", "cpu")
+    for device in devices:
+        if device["type"] == "cuda" and chosen == f"cuda:{device['index']}":
+            return (f"GPU: {device['name']} ({device['free_memory_mb'] / 1024:.1f} of "
+                    f"{device['total_memory_mb'] / 1024:.1f} GiB free) — torch {info.get('torch')}")
+    cpu = next((d for d in devices if d["type"] == "cpu"), {})
+    torch_version = info.get("torch") or "not installed"
+    return f"CPU: {cpu.get('cores', '?')} cores — torch {torch_version}"
+
+
+def _rows(pairs) -> str:
+    return "".join(f"<tr><th align='left'>{html.escape(str(k))}</th><td>{html.escape(str(v))}</td></tr>"
+                   for k, v in pairs)
+
+
+def info_html(info: Dict[str, Any]) -> str:
+    packages = ", ".join(f"{k} {v}" for k, v in info.get("packages", {}).items() if v)
+    pairs = [
+        ("Device", describe_device(info)),
+        ("Python", f"{info.get('python')} ({info.get('executable')})"),
+        ("CUDA", info.get("cuda_build") or "CPU-only build"),
+        ("Packages", packages),
+    ]
+    return f"<h3>Backend</h3><table cellspacing='4'>{_rows(pairs)}</table>"
+
+
+def _fmt(value: Any) -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def inspect_html(result: Dict[str, Any]) -> str:
+    area = result["area"]
+    resolution = result.get("resolution_m")
+    pairs = [
+        ("File", os.path.basename(result["path"])),
+        ("CRS", result.get("crs_name") or "none"),
+        ("Size", f"{result['width']} × {result['height']} px, {result['count']} bands"),
+        ("Resolution", f"{resolution[0]:.3g} × {resolution[1]:.3g} m" if resolution else "unknown (no CRS)"),
+        ("Area", f"{area['window']['width']} × {area['window']['height']} px"
+                 + (f", {area['area_km2']:.3f} km²" if area.get("area_km2") is not None else "")),
+    ]
+    if area.get("decimation", 1) > 1:
+        pairs.append(("Sampled", f"every {area['decimation']:.1f} px ({area['sampled_px']:,} px)"))
+    header = "".join(f"<th>{h}</th>" for h in ("#", "Band", "Type", "Nodata", "Min", "P2", "Median", "P98", "Max"))
+    rows = []
+    for band in result["bands"]:
+        stats = band["statistics"]
+        cells = [band["index"], band["description"] or band["colour"], band["dtype"], band["nodata"],
+                 stats.get("min"), stats.get("p2"), stats.get("p50"), stats.get("p98"), stats.get("max")]
+        rows.append("<tr>" + "".join(f"<td align='right'>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
+    warnings = "".join(f"<p style='color:#b26a00'>{html.escape(w)}</p>" for w in result.get("warnings", []))
+    return (f"<h3>{html.escape(os.path.basename(result['path']))}</h3>{warnings}"
+            f"<table cellspacing='4'>{_rows(pairs)}</table>"
+            f"<table border='0' cellspacing='2' cellpadding='3'><tr>{header}</tr>{''.join(rows)}</table>")

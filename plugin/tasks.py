@@ -1,0 +1,67 @@
+"""A QgsTask around one backend job: the waiting happens in QGIS's task manager thread."""
+
+from __future__ import annotations
+
+import time
+from typing import Any, Dict, Optional
+
+from qgis.core import Qgis, QgsMessageLog, QgsTask
+from qgis.PyQt.QtCore import pyqtSignal
+
+from .worker_client import JobCancelled, JobFailed, WorkerClient, WorkerError
+
+LOG_TAG = "Terrafuse"
+
+
+class JobTask(QgsTask):
+    """Runs ``job`` in the worker; emits ``progressMessage`` and, once done, ``jobFinished``.
+
+    ``jobFinished(outcome)`` carries a dict: ``status`` ("ok", "error", "cancelled"), ``result``
+    or ``message``, and ``user_error``. It is emitted from :meth:`finished`, in the UI thread.
+    """
+
+    progressMessage = pyqtSignal(int, int, str, float)  # done, total, message, seconds left (-1: unknown)
+    jobFinished = pyqtSignal(object)
+
+    def __init__(self, client: WorkerClient, job: str, params: Dict[str, Any], description: str) -> None:
+        super().__init__(description, QgsTask.CanCancel)
+        self.client = client
+        self.job = job
+        self.params = params
+        self.outcome: Dict[str, Any] = {"status": "error", "message": "not run", "user_error": False}
+        self._started_s: Optional[float] = None
+
+    def run(self) -> bool:
+        self._started_s = time.monotonic()
+        try:
+            handle = self.client.submit(self.job, self.params)
+            result = handle.wait(on_progress=self._on_progress, is_cancelled=self.isCanceled)
+        except JobCancelled as exc:
+            self.outcome = {"status": "cancelled", "message": str(exc), "user_error": True}
+            return False
+        except JobFailed as exc:
+            self.outcome = {"status": "error", "message": str(exc), "error_type": exc.error_type,
+                            "user_error": exc.user_error}
+            return False
+        except WorkerError as exc:  # includes WorkerDied
+            self.outcome = {"status": "error", "message": str(exc), "error_type": type(exc).__name__,
+                            "user_error": False}
+            return False
+        self.outcome = {"status": "ok", "result": result, "elapsed_s": time.monotonic() - self._started_s}
+        return True
+
+    def _on_progress(self, done: int, total: int, message: str) -> None:
+        if total > 0:
+            self.setProgress(100.0 * done / total)
+        left_s = -1.0
+        if self._started_s is not None and 0 < done < total:
+            left_s = (time.monotonic() - self._started_s) * (total - done) / done
+        self.progressMessage.emit(done, total, message, left_s)
+
+    def finished(self, ok: bool) -> None:
+        if self._started_s is None:  # cancelled while still queued: run() never ran
+            self.outcome = {"status": "cancelled", "message": "Cancelled before it started", "user_error": True}
+        if not ok and self.outcome["status"] == "error":
+            level = Qgis.Warning if self.outcome.get("user_error") else Qgis.Critical
+            QgsMessageLog.logMessage(f"{self.job}: {self.outcome['message']}", LOG_TAG, level)
+        self.jobFinished.emit(self.outcome)
