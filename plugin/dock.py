@@ -336,13 +336,17 @@ def inspect_html(result: Dict[str, Any]) -> str:
     ]
     if area.get("decimation", 1) > 1:
         pairs.append(("Sampled", f"every {area['decimation']:.1f} px ({area['sampled_px']:,} px)"))
-    header = "".join(f"<th>{h}</th>" for h in ("#", "Band", "Type", "Nodata", "Min", "P2", "Median", "P98", "Max"))
+    nodata = {band["nodata"] for band in result["bands"]}
+    pairs.append(("Nodata", ", ".join(_fmt(v) for v in nodata)))
+    header = "".join(f"<th align='right' nowrap>{h}</th>" for h in ("Band", "Type", "P2", "Median", "P98", "Valid"))
     rows = []
     for band in result["bands"]:
         stats = band["statistics"]
-        cells = [band["index"], band["description"] or band["colour"], band["dtype"], band["nodata"],
-                 stats.get("min"), stats.get("p2"), stats.get("p50"), stats.get("p98"), stats.get("max")]
-        rows.append("<tr>" + "".join(f"<td align='right'>{html.escape(_fmt(c))}</td>" for c in cells) + "</tr>")
+        name = band["description"] or band["colour"] or f"band {band['index']}"
+        cells = [f"{band['index']} {name}", band["dtype"], stats.get("p2"), stats.get("p50"), stats.get("p98"),
+                 f"{stats.get('valid_px', 0):,}"]
+        rows.append("<tr>" + "".join(f"<td align='right' nowrap>{html.escape(_fmt(c))}</td>" for c in cells)
+                    + "</tr>")
     warnings = "".join(f"<p style='color:#b26a00'>{html.escape(w)}</p>" for w in result.get("warnings", []))
     return (f"<h3>{html.escape(os.path.basename(result['path']))}</h3>{warnings}"
             f"<table cellspacing='4'>{_rows(pairs)}</table>"

@@ -11,7 +11,9 @@ from __future__ import annotations
 import itertools
 import os
 import queue
-import subprocess  # nosec B404 - the worker is started without a shell, from an argument list
+
+# The worker is started without a shell, from an argument list.
+import subprocess  # nosec B404
 import sys
 import threading
 import time
@@ -154,7 +156,8 @@ class WorkerClient:
         self._ready.clear()
         self._stderr_tail.clear()
         try:
-            process = subprocess.Popen(  # nosec B603 - argument list, no shell; the interpreter is the user's choice
+            # An argument list and no shell; the interpreter is the user's own choice.
+            process = subprocess.Popen(  # nosec B603
                 args, cwd=PLUGIN_ROOT, env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                 stderr=subprocess.PIPE, text=True, encoding="utf-8", bufsize=1,
                 creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0),

@@ -91,7 +91,8 @@ def run_inspect(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                 "window": {"col_off": int(window.col_off), "row_off": int(window.row_off),
                            "width": int(window.width), "height": int(window.height)},
                 "bounds": list(bounds),
-                "area_km2": _area_km2(window, size_m),
+                "window_km2": _area_km2(window, size_m),
+                "area_km2": _area_km2(window, size_m, float(inside.mean()) if inside is not None else 1.0),
                 "sampled_px": out_w * out_h,
                 "decimation": round(scale, 3),
                 "polygons": len(local_area.geometries) if local_area else 0,
@@ -115,7 +116,9 @@ def _crs_name(crs: rasterio.crs.CRS | None) -> str | None:
         return crs.to_string()
 
 
-def _area_km2(window: rasterio.windows.Window, size_m: tuple[float, float] | None) -> float | None:
+def _area_km2(window: rasterio.windows.Window, size_m: tuple[float, float] | None,
+              inside_fraction: float = 1.0) -> float | None:
+    """Ground area of the window, or of the part of it inside the area's polygons."""
     if size_m is None:
         return None
-    return round(window.width * size_m[0] * window.height * size_m[1] / 1e6, 6)
+    return round(window.width * size_m[0] * window.height * size_m[1] * inside_fraction / 1e6, 6)

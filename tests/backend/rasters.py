@@ -13,8 +13,9 @@ from rasterio.transform import from_origin
 
 
 def write_raster(path: Path, data: np.ndarray, crs: str | None = "EPSG:32618",
-                 transform=from_origin(443330.0, 4173860.0, 10.0, 10.0), nodata=None) -> Path:
-    """Write ``data`` (bands, rows, cols) as a GeoTIFF."""
+                 transform=None, nodata=None) -> Path:
+    """Write ``data`` (bands, rows, cols) as a GeoTIFF; 10 m pixels in the sample scene's corner by default."""
+    transform = transform or from_origin(443330.0, 4173860.0, 10.0, 10.0)
     count, height, width = data.shape
     with rasterio.open(path, "w", driver="GTiff", width=width, height=height, count=count, dtype=data.dtype,
                        crs=CRS.from_user_input(crs) if crs else None, transform=transform, nodata=nodata) as dst:

@@ -53,6 +53,9 @@ def test_pixels_outside_the_polygon_are_left_out(tmp_path) -> None:
     left_triangle = shapely.Polygon([(0, 1000), (490, 1000), (0, 0)])
     result = inspect(image, write_area(tmp_path / "tri.gpkg", [left_triangle], "EPSG:32618"))
     assert result["bands"][0]["statistics"]["max"] == 0
+    # The window is the triangle's bounding box; the area is the triangle's (half of it).
+    assert result["area"]["window_km2"] == pytest.approx(0.49, rel=0.01)
+    assert result["area"]["area_km2"] == pytest.approx(0.245, rel=0.03)
 
 
 def test_area_outside_the_raster_is_a_user_error(tmp_path) -> None:

@@ -11,8 +11,6 @@ import time
 from collections.abc import Iterator
 
 import pytest
-
-from tests.conftest import BACKEND_PYTHON, SAMPLE_SCENE
 from terrafuse_under_test.plugin.worker_client import (
     JobCancelled,
     JobFailed,
@@ -20,6 +18,8 @@ from terrafuse_under_test.plugin.worker_client import (
     WorkerDied,
     WorkerError,
 )
+
+from tests.conftest import BACKEND_PYTHON, SAMPLE_SCENE
 
 
 @pytest.fixture
