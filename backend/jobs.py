@@ -168,6 +168,21 @@ register(
 
 register(
     JobSpec(
+        name="selftest",
+        title="Backend self-test",
+        help=("The device the models will use, a matrix product and a tiny backbone forward on it with their "
+              "speed, and the likely cause when a GPU is present but torch cannot use it."),
+        target="backend.selftest:run_selftest",
+        params=(
+            Param("matrix_n", "int", "Size of the square matrices multiplied", 1024),
+            Param("batch", "int", "Images in the backbone's batch", 4),
+        ),
+        group="Diagnostics",
+    )
+)
+
+register(
+    JobSpec(
         name="inspect",
         title="Inspect raster over an area",
         help=(
@@ -181,5 +196,61 @@ register(
             Param("max_samples_px", "int", "Largest number of pixels read for the statistics", 4_000_000),
         ),
         group="Raster",
+    )
+)
+
+register(
+    JobSpec(
+        name="train",
+        title="Train a head from labels",
+        help=(
+            "Trains a SatDiFuser fusion and a light head on the labelled pixels of a labels layer (class_name, "
+            "optionally class_id and colour), holding out whole labels for validation; saves head.safetensors "
+            "and config.json into the output folder and prints the metrics."
+        ),
+        target="backend.training.job:run_train",
+        params=(
+            Param("image", "raster", "Raster under the labels"),
+            Param("labels", "vector", "Labels layer (GeoPackage; field class_name, optionally class_id, colour)"),
+            Param("backbone", "str", "Diffusion backbone: a diffusers folder, a zip of one, a registered name"),
+            Param("out", "output_folder", "Folder the head is saved into"),
+            Param("fusion", "choice", "Fusion of the diffusion features (SatDiFuser eq. 1, 2 or 3-4)", "global",
+                  choices=("global", "localized", "moe")),
+            Param("head", "choice", "Head: light per-pixel, or UPerNet", "pixel", choices=("pixel", "upernet")),
+            Param("bands", "str", "Bands fed as red, green, blue, e.g. 3,2,1 (default: the RGB bands, else 1,2,3)",
+                  None),
+            Param("timesteps", "str", "Diffusion timesteps of the features", "1,100,200"),
+            Param("tile_px", "int", "Tile size in pixels (default: the backbone's training size)", None),
+            Param("epochs", "int", "Training epochs", 40),
+            Param("learning_rate", "float", "AdamW learning rate", 1e-3),
+            Param("batch_size", "int", "Tiles per training step", 4),
+            Param("fusion_chs", "int", "Channels of the fused feature pyramid", 64),
+            Param("validation_fraction", "float", "Share of each class's labels held out for validation", 0.2),
+            Param("seed", "int", "Random seed (hold-out, initialisation, batches)", 0),
+        ),
+        group="Models",
+    )
+)
+
+register(
+    JobSpec(
+        name="segment",
+        title="Map land cover with a trained head",
+        help=(
+            "Classifies the raster over the area (or all of it) with a head and its backbone, in overlapping "
+            "tiles that are blended; writes classes.tif (uint8, palette, nodata 255) and classes.gpkg "
+            "(class_id, class_name, area_m2) into the output folder."
+        ),
+        target="backend.segment:run_segment",
+        params=(
+            Param("image", "raster", "Raster to classify"),
+            Param("model", "file", "Head folder written by train (head.safetensors + config.json)"),
+            Param("out", "output_folder", "Folder the outputs are written into"),
+            Param("aoi", "vector", "Area of interest (polygons, any CRS); the whole raster when omitted", None),
+            Param("backbone", "str", "Backbone to use instead of the one recorded in the head (same sha256)", None),
+            Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),
+            Param("batch_size", "int", "Tiles per backbone call", 1),
+        ),
+        group="Models",
     )
 )

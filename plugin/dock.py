@@ -20,12 +20,15 @@ from qgis.core import (
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import QDockWidget
+from qgis.PyQt.QtWidgets import QDockWidget, QMessageBox
 
 from ..backend import jobs
 from .area import AreaError, AreaSelection, area_from_layer
+from .diagnostics_dialog import DiagnosticsDialog, DiagnosticsTask
 from .map_tools import PolygonAreaTool, RectangleAreaTool, make_area_band
+from .runtime.torch_build import CUDA_BUILDS, TorchBuild
 from .settings import PluginSettings
+from .setup_task import SetupBackendTask, resolve_build
 from .tasks import JobTask
 from .worker_client import PLUGIN_ROOT, WorkerClient
 
@@ -41,6 +44,10 @@ AREA_MODES = (
 )
 #: The jobs the dock offers; each later capability adds its job here.
 DOCK_TASKS = ("inspect",)
+#: (key, label) of the torch builds Set up backend can install.
+TORCH_BUILD_CHOICES = (("auto", "Auto (from the NVIDIA driver)"), ("cpu", "CPU only"),
+                       *((tag, f"CUDA {version[0]}.{version[1]}") for tag, version in CUDA_BUILDS),
+                       ("default", "PyPI's default build"))
 
 
 class TerrafuseDock(QDockWidget, FORM_CLASS):
@@ -57,6 +64,10 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.client = client
         self.settings = settings
         self.task: Optional[JobTask] = None
+        self.setup_task: Optional[SetupBackendTask] = None
+        self.diagnostics_task: Optional[DiagnosticsTask] = None
+        self.diagnostics_dialog: Optional[DiagnosticsDialog] = None
+        self.last_selftest: Optional[Dict[str, Any]] = None
         self._drawn: Optional[AreaSelection] = None
         self._device = ""  # the device line of the last info job
         self._area_band = make_area_band(self.canvas)
@@ -75,6 +86,9 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             self.taskCombo.addItem(spec.title, name)
         self.pythonWidget.setStorageMode(QgsFileWidget.GetFile)
         self.pythonWidget.setFilePath(settings.python_path)
+        for key, label in TORCH_BUILD_CHOICES:
+            self.torchBuildCombo.addItem(label, key)
+        self.torchBuildCombo.setCurrentIndex(max(0, self.torchBuildCombo.findData(settings.torch_build)))
 
         self.areaModeCombo.currentIndexChanged.connect(self._on_area_mode_changed)
         self.areaLayerCombo.layerChanged.connect(self._update_area_label)
@@ -86,6 +100,10 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.cancelButton.clicked.connect(self.cancel_task)
         self.checkBackendButton.clicked.connect(self.check_backend)
         self.pythonWidget.fileChanged.connect(self._on_python_changed)
+        self.torchBuildCombo.currentIndexChanged.connect(
+            lambda: setattr(self.settings, "torch_build", self.torchBuildCombo.currentData()))
+        self.setupBackendButton.clicked.connect(lambda: self.setup_backend())
+        self.diagnosticsButton.clicked.connect(self.show_diagnostics)
         self._on_area_mode_changed()
         self._on_task_changed()
 
@@ -172,8 +190,8 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
 
     def job_params(self, job: str) -> Dict[str, Any]:
         """The job's parameters from the dock's widgets; raises AreaError with a user message."""
-        if job == "info":
-            return {}
+        if not any(param.name == "image" for param in jobs.JOBS[job].params):
+            return {}  # the diagnostics jobs take no raster and use their defaults
         layer = self.rasterCombo.currentLayer()
         if not isinstance(layer, QgsRasterLayer):
             raise AreaError("Choose a raster layer first")
@@ -213,18 +231,73 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             self.task.cancel()
 
     def check_backend(self) -> Optional[JobTask]:
-        return self.run_task("info")
+        """The self-test: device, speed, and a plain word when a GPU is present but unusable."""
+        return self.run_task("selftest")
 
     def _on_python_changed(self, path: str) -> None:
         self.settings.python_path = path
         if path and path != self.client.python:
             self.client.stop()
             self.client.python = self.settings.python_path
-            self.backendLabel.setText("Not started (interpreter changed)")
+            self.backendLabel.setText("Not started (interpreter changed): click Check backend")
+
+    # -- backend set-up and diagnostics ----------------------------------------------------
+    def setup_backend(self, confirm: bool = True, folder: Optional[str] = None,
+                      build: Optional[TorchBuild] = None, **task_kwargs: Any) -> Optional[SetupBackendTask]:
+        """Make the backend's environment (in the profile by default) and switch the worker to it."""
+        if self.setup_task is not None or self.task is not None:
+            self._show_status("Wait for the running job to finish first", error=True)
+            return None
+        folder = folder or self.settings.backend_env_dir
+        if build is None and "requirements" not in task_kwargs:
+            build = resolve_build(self.torchBuildCombo.currentData())
+        if confirm:
+            what = f"torch {build.label} ({build.reason})" if build else "the pinned packages"
+            answer = QMessageBox.question(
+                self, "Set up the Terrafuse backend",
+                f"Create the backend's Python environment in\n{folder}\nand install {what}?\n\n"
+                "This downloads a few GB the first time. Nothing is installed into QGIS's own Python.")
+            if answer != QMessageBox.Yes:
+                return None
+        task = SetupBackendTask(folder, build, **task_kwargs)
+        task.progressMessage.connect(self._on_progress)
+        task.setupFinished.connect(self._on_setup_finished)
+        self.setup_task = task
+        self._set_running(True, f"Setting up the backend in {folder}…")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _on_setup_finished(self, outcome: Dict[str, Any]) -> None:
+        self.setup_task = None
+        if outcome["status"] != "ok":
+            self._set_running(False, "")
+            self._show_status(f"Set up backend: {outcome['message']}", error=outcome["status"] == "error")
+            self.jobDone.emit("setup", outcome)
+            return
+        self._set_running(False, f"Backend set up ({outcome['build']}); checking it…")
+        self.pythonWidget.setFilePath(outcome["python"])  # switches the worker (see _on_python_changed)
+        self.jobDone.emit("setup", outcome)
+        self.check_backend()
+
+    def show_diagnostics(self) -> DiagnosticsTask:
+        task = DiagnosticsTask(self.client, self.settings.models_dir, self.last_selftest)
+        task.reportReady.connect(self._on_diagnostics_ready)
+        self.diagnostics_task = task
+        self.statusLabel.setText("Collecting diagnostics…")
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _on_diagnostics_ready(self, report: str) -> None:
+        self.diagnostics_task = None
+        self.statusLabel.setText("Diagnostics ready")
+        self.diagnostics_dialog = DiagnosticsDialog(report, self)
+        self.diagnostics_dialog.show()
+        self.jobDone.emit("diagnostics", {"status": "ok", "result": {"report": report}})
 
     def _set_running(self, running: bool, message: str) -> None:
         self.runButton.setEnabled(not running)
         self.checkBackendButton.setEnabled(not running)
+        self.setupBackendButton.setEnabled(not running)
         self.cancelButton.setEnabled(running)
         if running:
             self.progressBar.setValue(0)
@@ -260,17 +333,27 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
 
     # -- results --------------------------------------------------------------------------
     def show_result(self, job: str, result: Dict[str, Any]) -> None:
-        if job == "info":
+        if job in ("info", "selftest"):
             self._device = describe_device(result)
-            self.backendLabel.setText(self._device)
+            check = result.get("gpu_check", {})
+            if check.get("status") == "gpu_unusable":
+                self.backendLabel.setText(f"<span style='color:#c62828'>{html.escape(check['message'])}</span>")
+                self._show_status(check["message"], error=True)
+            else:
+                speed = result.get("speed")
+                extra = f" — {speed['matmul_gflops']:,.0f} GFLOP/s" if speed else ""
+                self.backendLabel.setText(html.escape(self._device + extra))
+            if job == "selftest":
+                self.last_selftest = result
             self.resultBrowser.setHtml(info_html(result))
         elif job == "inspect":
             self.resultBrowser.setHtml(inspect_html(result))
 
     def cleanup(self) -> None:
         """Leave nothing behind on the canvas: tools unset, rubber bands removed, task cancelled."""
-        if self.task is not None:
-            self.task.cancel()
+        for task in (self.task, self.setup_task):
+            if task is not None:
+                task.cancel()
         for tool in (self._rectangle_tool, self._polygon_tool):
             if self.canvas.mapTool() is tool:
                 self.canvas.unsetMapTool(tool)
@@ -312,6 +395,9 @@ def info_html(info: Dict[str, Any]) -> str:
         ("CUDA", info.get("cuda_build") or "CPU-only build"),
         ("Packages", packages),
     ]
+    if info.get("gpu_check"):
+        pairs.insert(1, ("GPU check", info["gpu_check"]["message"]))
+    pairs += list(info.get("benchmarks", {}).items())
     return f"<h3>Backend</h3><table cellspacing='4'>{_rows(pairs)}</table>"
 
 

@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from qgis.core import QgsSettings
+import os
+
+from qgis.core import QgsApplication, QgsSettings
 
 from .worker_client import default_python
 
 _PREFIX = "terrafuse/"
+
+
+def profile_folder() -> str:
+    """Terrafuse's folder inside the user's QGIS profile."""
+    return os.path.join(QgsApplication.qgisSettingsDirPath(), "terrafuse")
 
 
 class PluginSettings:
@@ -15,12 +22,32 @@ class PluginSettings:
     def __init__(self) -> None:
         self._settings = QgsSettings()
 
+    def _get(self, key: str, default: str) -> str:
+        return self._settings.value(_PREFIX + key, "", type=str) or default
+
     @property
     def python_path(self) -> str:
         """The backend's interpreter; empty in the settings means the default."""
-        value = self._settings.value(_PREFIX + "python", "", type=str)
-        return value or default_python()
+        return self._get("python", default_python())
 
     @python_path.setter
     def python_path(self, value: str) -> None:
         self._settings.setValue(_PREFIX + "python", value.strip())
+
+    @property
+    def torch_build(self) -> str:
+        """"auto", "cpu", "default" or a CUDA tag such as "cu128"."""
+        return self._get("torch_build", "auto")
+
+    @torch_build.setter
+    def torch_build(self, value: str) -> None:
+        self._settings.setValue(_PREFIX + "torch_build", value)
+
+    @property
+    def backend_env_dir(self) -> str:
+        """Where Set up backend makes the environment."""
+        return self._get("backend_env_dir", os.path.join(profile_folder(), "backend-env"))
+
+    @property
+    def models_dir(self) -> str:
+        return self._get("models_dir", os.path.join(profile_folder(), "models"))

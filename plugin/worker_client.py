@@ -120,6 +120,7 @@ class WorkerClient:
         self.last_exit: Optional[str] = None  # why the previous worker ended, for the dock
         self.protocol_errors: List[str] = []
         self.job_schemas: List[Dict[str, Any]] = []  # filled by a "describe" request
+        self.recent_errors: Deque[str] = deque(maxlen=50)  # for the diagnostics report
         self._process: Optional[subprocess.Popen[str]] = None
         self._handles: Dict[str, JobHandle] = {}
         self._lock = threading.RLock()
@@ -256,6 +257,9 @@ class WorkerClient:
                 handle = self._handles.get(job_id) if job_id else None
                 if event["type"] in ("result", "error", "cancelled") and job_id:
                     self._handles.pop(job_id, None)
+            if event["type"] == "error":
+                self.recent_errors.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} "
+                                          f"{event.get('error_type')}: {event.get('message')}")
             if handle is not None:
                 handle.events.put(event)
             elif event["type"] == "error":
@@ -284,6 +288,8 @@ class WorkerClient:
         if code is not None and code < 0:
             reason = f"The backend worker was killed (signal {-code})"
         self.last_exit = reason if (orphans or code not in (0, None)) else None
+        if self.last_exit:
+            self.recent_errors.append(f"{time.strftime('%Y-%m-%d %H:%M:%S')} {reason}" + (f"\n{tail}" if tail else ""))
         for handle in orphans:
             handle.events.put({"type": "worker_died", "id": handle.id,
                                "message": f"{reason} during job '{handle.job}'; it is restarted for the next job."

@@ -12,7 +12,7 @@ from tests.conftest import PACKAGE_NAME
 
 QGIS_APP = start_qgis()  # before pytest-qt makes a plain QApplication
 
-from qgis.core import QgsProject, QgsRasterLayer  # noqa: E402 - needs the application above
+from qgis.core import QgsProject, QgsRasterLayer, QgsSettings  # noqa: E402 - needs the application above
 from qgis.PyQt.QtCore import QCoreApplication, QEvent  # noqa: E402
 
 
@@ -38,6 +38,7 @@ def iface() -> Iterator[HeadlessInterface]:
 
 @pytest.fixture
 def plugin(iface: HeadlessInterface):
+    QgsSettings().remove("terrafuse")  # every test starts from the default settings
     package = importlib.import_module(PACKAGE_NAME)
     instance = package.classFactory(iface)
     instance.initGui()

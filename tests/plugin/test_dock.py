@@ -127,9 +127,11 @@ def test_drawing_is_needed_before_running_a_drawn_area(plugin, sample_layer, qtb
     assert "Draw the area on the map first" in dock.statusLabel.text()
 
 
-def test_check_backend_shows_the_device(plugin, qtbot) -> None:
+def test_check_backend_shows_the_device_and_its_speed(plugin, qtbot) -> None:
     dock = plugin.dock
     job, outcome = run_and_wait(dock, qtbot, dock.checkBackendButton)
-    assert (job, outcome["status"]) == ("info", "ok"), outcome
+    assert (job, outcome["status"]) == ("selftest", "ok"), outcome
     assert dock.backendLabel.text().startswith(("CPU:", "GPU:"))
     assert "torch" in dock.backendLabel.text()
+    assert "GFLOP/s" in dock.backendLabel.text()
+    assert "resnet18 forward" in dock.resultBrowser.toPlainText()

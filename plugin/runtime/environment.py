@@ -1,0 +1,149 @@
+"""The backend's own Python environment: create it, install the pinned requirements, adopt an existing one.
+
+Nothing is ever installed into QGIS's Python: every pip runs as ``<environment>/bin/python -m pip``
+in a virtual environment made without the system's site packages.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import subprocess  # nosec B404
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterable, List, Optional
+
+from .torch_build import TORCH_VERSION, TORCHVISION_VERSION, TorchBuild
+
+PLUGIN_ROOT = Path(__file__).resolve().parent.parent.parent
+REQUIREMENTS = PLUGIN_ROOT / "requirements" / "backend.txt"
+#: Packages that come with the chosen torch build, not from the pinned list (their pins are CUDA-specific).
+TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-[\w-]+|cuda-[\w-]+)==", re.IGNORECASE)
+MIN_PYTHON = (3, 9)
+
+ProgressCallback = Callable[[int, int, str], None]
+
+
+class InstallError(Exception):
+    """The environment could not be made; the message ends with pip's last lines."""
+
+
+@dataclass(frozen=True)
+class BackendEnvironment:
+    """A virtual environment folder for the backend."""
+
+    path: Path
+
+    @property
+    def python(self) -> Path:
+        if sys.platform == "win32":
+            return self.path / "Scripts" / "python.exe"
+        return self.path / "bin" / "python"
+
+    @property
+    def exists(self) -> bool:
+        return self.python.is_file()
+
+
+def split_requirements(lines: Iterable[str]) -> List[str]:
+    """The pinned requirements without comments and without the torch family."""
+    kept = []
+    for line in lines:
+        line = line.split("#", 1)[0].strip()
+        if line and not TORCH_FAMILY.match(line):
+            kept.append(line)
+    return kept
+
+
+def base_python_candidates() -> List[str]:
+    """Interpreters that can make a virtual environment; QGIS's own executable is not one of them."""
+    names = ["python.exe"] if sys.platform == "win32" else ["python3", "python"]
+    candidates = []
+    for folder in (Path(sys.exec_prefix), Path(sys.exec_prefix) / "bin"):
+        candidates += [str(folder / name) for name in names]
+    candidates += [found for found in (shutil.which(name) for name in names) if found]
+    seen: List[str] = []
+    for candidate in candidates:
+        if os.path.isfile(candidate) and candidate not in seen:
+            seen.append(candidate)
+    return seen
+
+
+def find_base_python(candidates: Optional[List[str]] = None) -> str:
+    """The first candidate that is Python 3.9 or newer with venv; an InstallError says what was tried."""
+    candidates = base_python_candidates() if candidates is None else candidates
+    check = "import sys, venv; print('%d.%d' % sys.version_info[:2])"
+    for candidate in candidates:
+        try:
+            # A known interpreter path, an argument list, no shell.
+            out = subprocess.run([candidate, "-c", check], capture_output=True, text=True,  # nosec B603
+                                 timeout=30, check=True).stdout.strip()
+        except (OSError, subprocess.SubprocessError):
+            continue
+        major, minor = (int(v) for v in out.split("."))
+        if (major, minor) >= MIN_PYTHON:
+            return candidate
+    tried = ", ".join(candidates) or "none found"
+    raise InstallError(f"No Python {MIN_PYTHON[0]}.{MIN_PYTHON[1]}+ with venv to build the backend from "
+                       f"(tried: {tried}). Install Python 3, or point Terrafuse at an existing environment.")
+
+
+def install_commands(environment: BackendEnvironment, base_python: str, build: Optional[TorchBuild],
+                     requirements: Path = REQUIREMENTS) -> List[List[str]]:
+    """The commands that make the environment, in order (each an argument list, run without a shell).
+
+    ``build`` None leaves torch out (an environment that has it already, or a test).
+    """
+    python = str(environment.python)
+    commands: List[List[str]] = []
+    if not environment.exists:
+        commands.append([base_python, "-m", "venv", str(environment.path)])
+    if build is not None:
+        torch = [python, "-m", "pip", "install", f"torch=={TORCH_VERSION}", f"torchvision=={TORCHVISION_VERSION}"]
+        if build.index_url:
+            # torch and its CUDA libraries from PyTorch's index for that build; nothing else from there.
+            torch += ["--index-url", build.index_url]
+        commands.append(torch)
+    rest = split_requirements(requirements.read_text(encoding="utf-8").splitlines())
+    if rest:
+        commands.append([python, "-m", "pip", "install", *rest])
+    return commands
+
+
+def describe_pip_line(line: str) -> Optional[str]:
+    """A short progress message for the pip output lines worth showing."""
+    line = line.strip()
+    for prefix in ("Collecting ", "Downloading ", "Installing collected packages", "Successfully installed"):
+        if line.startswith(prefix):
+            return line[:160]
+    return None
+
+
+def run_install(commands: List[List[str]], on_progress: ProgressCallback,
+                is_cancelled: Callable[[], bool] = lambda: False, on_line: Callable[[str], None] = lambda _: None,
+                env: Optional[dict] = None) -> None:
+    """Run the commands one after the other, reporting progress; stops at the first failure or a cancel."""
+    total = len(commands)
+    for index, command in enumerate(commands):
+        shown = " ".join([Path(command[0]).name, *command[1:4]])
+        on_progress(index, total, f"step {index + 1} of {total}: {shown}")
+        # Our own command list (interpreters and pip), never a shell.
+        process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,  # nosec B603
+                                   text=True, env=env, creationflags=getattr(subprocess, "CREATE_NO_WINDOW", 0))
+        tail: List[str] = []
+        for line in process.stdout or ():
+            on_line(line.rstrip())
+            tail = (tail + [line.rstrip()])[-15:]
+            message = describe_pip_line(line)
+            if message:
+                on_progress(index, total, message)
+            if is_cancelled():
+                process.kill()
+                process.wait()
+                raise InstallError("Cancelled; run Set up backend again to finish (finished steps are kept)")
+        if process.wait() != 0:
+            raise InstallError(f"'{' '.join(command[:4])} …' failed (exit code {process.returncode}):\n"
+                               + "\n".join(tail))
+    on_progress(total, total, "the backend's environment is ready")
