@@ -1,0 +1,1 @@
+"""Models: diffusion backbones and their features, fusions, heads."""

@@ -1,0 +1,196 @@
+"""Multi-scale, multi-timestep features of a diffusion UNet's decoder (SatDiFuser Sec. 3.1).
+
+The image is encoded into its clean latent (the mean of the VAE's latent distribution times
+``vae.config.scaling_factor``), inverted with DDIM to the chosen timesteps (default {1, 100, 200},
+Sec. 4.2) and, at each inversion call, the outputs of the UNet decoder's blocks are read with forward
+hooks: ResNet blocks (R_{t,s}), self-attention (A_{t,s}, ``attn1``) and optionally cross-attention
+(C_{t,s}, ``attn2``), at the 4 scales of the up blocks. Attention outputs (B, HW, C) are put back on
+their grid (B, C, H, W), as the paper does "to maintain consistency with the ResNet outputs".
+
+No UNet call is wasted: the features of timestep ``t_k`` come from inversion call ``k``, the UNet at
+timestep ``t_k`` on the latent ``z_(t_(k-1))`` (see :mod:`.inversion`), so K timesteps cost K calls. The
+last call's output is only needed to reach a latent that nothing reads, so with ``stop_early`` it stops
+right after the finest up block whose features are used.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import torch
+import torch.nn.functional as F  # noqa: N812 - the usual spelling
+from torch import Tensor
+
+from ...errors import UserError
+from .backbone import DiffusionBackbone
+from .inversion import check_timesteps, ddim_invert
+
+FEATURE_KINDS = ("resnet", "attn1", "attn2")
+
+
+class _StopUNet(Exception):
+    """Raised by a hook to end a UNet call whose remaining layers produce nothing we read."""
+
+
+class DiffusionFeatureExtractor(torch.nn.Module):
+    """``forward(images) -> list[Tensor]``, one tensor per entry of :attr:`feature_info`, in that order.
+
+    ``images``: (B, 3, H, W) in [-1, 1], any H and W: they are padded (replicating the border) to a
+    multiple of :attr:`input_multiple_px` (64 for Stable Diffusion: 8 latent px times 3 downsamplings),
+    and every feature is cropped back to ``ceil(H / reduction) x ceil(W / reduction)``.
+
+    ``feature_info`` entries: ``name`` ("t100/up1.attn1.0"), ``timestep``, ``kind`` ("resnet", "attn1",
+    "attn2"), ``level`` (the index of the UNet up block: 0 coarsest .. 3 finest), ``num_chs``,
+    ``reduction`` (stride in image pixels: 64, 32, 16, 8 for Stable Diffusion) and ``module`` (its path in
+    the UNet). Outputs are float32 tensors outside autograd's inference mode, so heads can train on them;
+    the backbone itself stays frozen and runs under ``torch.inference_mode``. The backbone is not a
+    sub-module: ``parameters()`` and ``state_dict()`` of the extractor are empty.
+    """
+
+    def __init__(self, backbone: DiffusionBackbone, timesteps: Sequence[int] = (1, 100, 200),
+                 blocks: Sequence[str] = ("resnet", "attn1"), levels: Sequence[int] = (0, 1, 2, 3),
+                 *, stop_early: bool = True) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.timesteps = check_timesteps(timesteps, backbone.num_train_timesteps)
+        unknown = sorted(set(blocks) - set(FEATURE_KINDS))
+        if unknown or not blocks:
+            raise UserError(f"Feature blocks must be among {', '.join(FEATURE_KINDS)}; got {list(blocks)}")
+        self.blocks = tuple(kind for kind in FEATURE_KINDS if kind in blocks)
+        up_blocks = backbone.unet.up_blocks
+        if not levels or any(not 0 <= int(level) < len(up_blocks) for level in levels):
+            raise UserError(f"Feature levels must lie in 0..{len(up_blocks) - 1}; got {list(levels)}")
+        self.levels = tuple(sorted({int(level) for level in levels}))
+        self.stop_early = stop_early
+        self.num_unet_calls = 0
+        self._sites = self._find_sites()
+        if not self._sites:
+            raise UserError(f"The UNet has no {'/'.join(self.blocks)} blocks at levels {list(self.levels)}")
+        self.feature_info: list[dict[str, Any]] = [
+            {"name": f"t{t}/{site['key']}", "timestep": t,
+             **{key: site[key] for key in ("kind", "level", "num_chs", "reduction", "module")}}
+            for t in self.timesteps for site in self._sites
+        ]
+
+    @property
+    def input_multiple_px(self) -> int:
+        return self.backbone.latent_downsampling * self.backbone.unet_downsampling
+
+    def _grid_divisors(self) -> list[int]:
+        """Per up block: latent pixels per pixel of its grid (8, 4, 2, 1 for Stable Diffusion)."""
+        up_blocks = self.backbone.unet.up_blocks
+        has_upsampler = [getattr(block, "upsamplers", None) is not None for block in up_blocks]
+        return [2 ** sum(has_upsampler[i:]) for i in range(len(up_blocks))]
+
+    def _find_sites(self) -> list[dict[str, Any]]:
+        """The hooked modules of the chosen levels and kinds, in the order the UNet runs them."""
+        sites: list[dict[str, Any]] = []
+        divisors = self._grid_divisors()
+        for level in self.levels:
+            block = self.backbone.unet.up_blocks[level]
+            attentions = getattr(block, "attentions", None) or []
+            for j, resnet in enumerate(block.resnets):
+                common = {"level": level, "reduction": divisors[level] * self.backbone.latent_downsampling,
+                          "grid_div": divisors[level]}
+                if "resnet" in self.blocks:
+                    sites.append({"key": f"up{level}.resnet.{j}", "kind": "resnet", "num_chs": resnet.out_channels,
+                                  "module": f"up_blocks.{level}.resnets.{j}", **common, "_module": resnet})
+                if j >= len(attentions):
+                    continue
+                transformer_blocks = getattr(attentions[j], "transformer_blocks", [])
+                for kind in ("attn1", "attn2"):
+                    for b, transformer_block in enumerate(transformer_blocks):
+                        attention = getattr(transformer_block, kind, None)
+                        if kind not in self.blocks or attention is None:
+                            continue
+                        suffix = f".{b}" if len(transformer_blocks) > 1 else ""
+                        sites.append({"key": f"up{level}.{kind}.{j}{suffix}", "kind": kind,
+                                      "num_chs": attention.to_out[0].out_features,
+                                      "module": f"up_blocks.{level}.attentions.{j}.transformer_blocks.{b}.{kind}",
+                                      **common, "_module": attention})
+        public = [{k: v for k, v in site.items() if k != "_module"} for site in sites]
+        self._modules_of_sites = [site["_module"] for site in sites]
+        return public
+
+    @contextmanager
+    def _hooks(self, store: dict[int, Tensor], latent_hw: tuple[int, int], stop: list[bool]) -> Iterator[None]:
+        handles = []
+
+        def recorder(index: int, grid_div: int):
+            def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
+                tensor = output[0] if isinstance(output, tuple) else output
+                if tensor.ndim == 3:  # attention: (B, HW, C) -> (B, C, H, W)
+                    h, w = latent_hw[0] // grid_div, latent_hw[1] // grid_div
+                    tensor = tensor.transpose(1, 2).reshape(tensor.shape[0], tensor.shape[2], h, w)
+                store[index] = tensor
+            return hook
+
+        def stopper(_module: torch.nn.Module, _inputs: Any, _output: Any) -> None:
+            if stop[0]:
+                raise _StopUNet()
+
+        try:
+            for index, (site, module) in enumerate(zip(self._sites, self._modules_of_sites)):
+                handles.append(module.register_forward_hook(recorder(index, site["grid_div"])))
+            handles.append(self.backbone.unet.up_blocks[self.levels[-1]].register_forward_hook(stopper))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+
+    def encode_latents(self, images: Tensor) -> Tensor:
+        """Clean latents: the VAE posterior's mean times ``scaling_factor`` (Sec. 3.1, "clean latents z")."""
+        vae = self.backbone.vae
+        with torch.inference_mode():
+            posterior = vae.encode(images.to(device=self.backbone.device, dtype=vae.dtype)).latent_dist
+            latents = posterior.mean
+            shift = getattr(vae.config, "shift_factor", None)
+            if shift is not None:
+                latents = latents - shift
+            return latents * vae.config.scaling_factor
+
+    def _pad(self, images: Tensor) -> Tensor:
+        multiple = self.input_multiple_px
+        height, width = images.shape[-2:]
+        pad_h, pad_w = (-height) % multiple, (-width) % multiple
+        if pad_h or pad_w:
+            images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
+        return images
+
+    def forward(self, images: Tensor) -> list[Tensor]:
+        if images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
+        height, width = images.shape[-2:]
+        unet = self.backbone.unet
+        per_call: list[dict[int, Tensor]] = []
+        with torch.inference_mode():
+            latents = self.encode_latents(self._pad(images))
+            prompt = self.backbone.prompt_embedding.expand(latents.shape[0], -1, -1)
+            stop = [False]
+            store: dict[int, Tensor] = {}
+
+            def model_fn(sample: Tensor, timestep: int) -> Tensor | None:
+                store.clear()
+                stop[0] = self.stop_early and len(per_call) == len(self.timesteps) - 1
+                self.num_unet_calls += 1
+                t = torch.tensor(timestep, device=sample.device, dtype=torch.long)
+                try:
+                    output = unet(sample.to(unet.dtype), t, encoder_hidden_states=prompt, return_dict=False)[0]
+                except _StopUNet:
+                    output = None
+                per_call.append(dict(store))
+                return output
+
+            with self._hooks(store, tuple(latents.shape[-2:]), stop):
+                ddim_invert(latents, self.timesteps, model_fn, self.backbone.alphas_cumprod,
+                            self.backbone.prediction_type)
+        features = []
+        for call in per_call:
+            for index, site in enumerate(self._sites):
+                h, w = math.ceil(height / site["reduction"]), math.ceil(width / site["reduction"])
+                # A copy outside inference mode: a normal tensor that autograd may save for backward.
+                features.append(call[index][..., :h, :w].to(torch.float32, copy=True))
+        return features

@@ -1,0 +1,132 @@
+"""A small, timm-like registry of diffusion backbones: a name resolves to a config and a loader.
+
+``load_backbone`` accepts a registered name, a diffusers folder, a zip archive of one, or a Hugging Face
+hub repository id (``owner/name``), in that order of precedence.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ...errors import UserError
+from ...hub.archives import extract_zip
+from ...hub.huggingface import fetch_snapshot, looks_like_repo_id
+from ...hub.paths import models_dir
+from .backbone import DiffusionBackbone, load_backbone_folder
+
+log = logging.getLogger("terrafuse.models")
+
+SOURCE_KINDS = ("folder", "hub", "zip")
+
+#: The files of a diffusers repository that a backbone needs; fp16 and EMA variants are never fetched, and
+#: weights come as safetensors only.
+HUB_ALLOW_PATTERNS = (
+    "model_index.json", "scheduler/*.json",
+    "vae/*.json", "vae/*.safetensors", "unet/*.json", "unet/*.safetensors",
+    "checkpoint-*/unet/*.json", "checkpoint-*/unet/*.safetensors",
+    "text_encoder/*.json", "text_encoder/*.safetensors", "tokenizer/*",
+)
+HUB_IGNORE_PATTERNS = ("*.fp16.*", "*non_ema*", "*.ema.*")
+
+
+@dataclass(frozen=True)
+class BackboneConfig:
+    """A named backbone: where its files come from and how SatDiFuser uses it."""
+
+    name: str
+    source: str  # a folder, a hub repository id, or a zip file (absolute, or a name under models_dir())
+    source_kind: str  # one of SOURCE_KINDS
+    revision: str | None = None  # hub revision (branch, tag or commit)
+    timesteps: tuple[int, ...] = (1, 100, 200)  # SatDiFuser Sec. 4.2
+    tile_px: int = 512  # the resolution the model was trained at
+    latent_downsampling: int = 8  # image pixels per latent pixel
+    prediction_type: str | None = None  # expected scheduler prediction type; None: whatever the scheduler says
+    homepage: str = ""
+    licence: str = ""
+    description: str = ""
+
+    def __post_init__(self) -> None:
+        if self.source_kind not in SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {self.source_kind!r}")
+
+
+BACKBONES: dict[str, BackboneConfig] = {}
+
+
+def register_backbone(config: BackboneConfig) -> BackboneConfig:
+    if config.name in BACKBONES:
+        raise ValueError(f"backbone {config.name!r} is registered twice")
+    BACKBONES[config.name] = config
+    return config
+
+
+def list_backbones() -> list[str]:
+    return sorted(BACKBONES)
+
+
+register_backbone(BackboneConfig(
+    name="diffusionsat-512", source="diffusionsat_512.zip", source_kind="zip", tile_px=512,
+    prediction_type="v_prediction", homepage="https://zenodo.org/records/13751498",
+    description="DiffusionSat 512 px (Khanna et al., ICLR 2024), fine-tuned from Stable Diffusion 2.1",
+))
+register_backbone(BackboneConfig(
+    name="diffusionsat-256", source="diffusionsat_256.zip", source_kind="zip", tile_px=256,
+    prediction_type="v_prediction", homepage="https://zenodo.org/records/13756199",
+    description="DiffusionSat 256 px (Khanna et al., ICLR 2024), fine-tuned from Stable Diffusion 2.1",
+))
+
+
+def resolve_config(name_or_path: str | Path) -> BackboneConfig:
+    """A registered name, an existing folder or zip file, or a hub repository id, as a config."""
+    text = str(name_or_path)
+    if text in BACKBONES:
+        return BACKBONES[text]
+    path = Path(text).expanduser()
+    if path.is_dir():
+        return BackboneConfig(name=path.resolve().name, source=str(path), source_kind="folder")
+    if path.is_file() and path.suffix.lower() == ".zip":
+        return BackboneConfig(name=path.stem, source=str(path), source_kind="zip")
+    if path.exists():
+        raise UserError(f"{path} is neither a diffusers model folder nor a zip archive of one")
+    repo_id, _, revision = text.partition("@")
+    if looks_like_repo_id(repo_id):
+        return BackboneConfig(name=repo_id, source=repo_id, source_kind="hub", revision=revision or None)
+    raise UserError(f"Unknown backbone {text!r}: not a registered name ({', '.join(list_backbones())}), "
+                    "an existing folder or zip file, nor a hub repository id (owner/name)")
+
+
+def _zip_path(config: BackboneConfig) -> Path:
+    path = Path(config.source).expanduser()
+    candidate = path if path.is_absolute() or path.is_file() else models_dir() / config.source
+    if not candidate.is_file():
+        where = f" Download it from {config.homepage} and put it in {models_dir()}" if config.homepage else ""
+        raise UserError(f"The backbone {config.name!r} needs the archive {candidate.name}, not found at "
+                        f"{candidate}.{where} (or pass the archive's path instead of the name)")
+    return candidate
+
+
+def fetch_backbone_files(config: BackboneConfig, *, offline: bool | None = None) -> tuple[Path, bool]:
+    """The local folder of ``config``'s files, and whether that folder is the user's own (writable)."""
+    if config.source_kind == "folder":
+        return Path(config.source).expanduser(), True
+    if config.source_kind == "zip":
+        return extract_zip(_zip_path(config)), True
+    folder = fetch_snapshot(config.source, revision=config.revision, allow_patterns=HUB_ALLOW_PATTERNS,
+                            ignore_patterns=HUB_IGNORE_PATTERNS, offline=offline)
+    return folder, False  # never write into huggingface-hub's snapshots
+
+
+def load_backbone(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+                  *, offline: bool | None = None) -> DiffusionBackbone:
+    """Resolve ``name_or_path`` (name, folder, zip or ``owner/name[@revision]``), fetch and load it, frozen.
+
+    ``offline`` (or ``HF_HUB_OFFLINE``) restricts hub ids to huggingface-hub's local cache.
+    """
+    config = resolve_config(name_or_path)
+    folder, own_folder = fetch_backbone_files(config, offline=offline)
+    return load_backbone_folder(folder, name=config.name, device=device, dtype=dtype, config=config,
+                                hash_record_in_folder=own_folder)
