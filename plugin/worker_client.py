@@ -8,6 +8,7 @@ that dies is restarted for the next job, and the reason is kept for the dock to 
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import queue
@@ -184,6 +185,7 @@ class WorkerClient:
         try:
             process.stdin.write(encode({"type": "shutdown"}))
             process.stdin.flush()
+            process.stdin.close()
             process.wait(timeout=timeout_s)
         except (OSError, ValueError, subprocess.TimeoutExpired):
             self._kill(process)
@@ -193,6 +195,9 @@ class WorkerClient:
         if process.poll() is None:
             process.kill()
             process.wait(timeout=5)
+        if process.stdin is not None:
+            with contextlib.suppress(OSError):
+                process.stdin.close()
 
     @property
     def ready_info(self) -> Dict[str, Any]:
@@ -265,6 +270,8 @@ class WorkerClient:
             elif event["type"] == "error":
                 self.protocol_errors.append(event.get("message", ""))
                 self._log(f"worker: {event.get('message')}")
+        if process.stdout is not None:
+            process.stdout.close()
         self._on_exit(process)
 
     def _read_stderr(self, process: subprocess.Popen[str]) -> None:
@@ -272,6 +279,8 @@ class WorkerClient:
             line = line.rstrip("\n")
             self._stderr_tail.append(line)
             self._log(line)
+        if process.stderr is not None:
+            process.stderr.close()
 
     def _on_exit(self, process: subprocess.Popen[str]) -> None:
         try:

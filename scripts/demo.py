@@ -143,6 +143,10 @@ def main() -> int:
     render_map([area, scene], scene.extent(), scene.crs(), out / "map.png")
     dock.grab().save(str(out / "dock.png"))
     iface.window.grab().save(str(out / "qgis.png"))
+    diagnostics = wait_for_job(app, dock, dock.show_diagnostics)
+    (out / "diagnostics.txt").write_text(diagnostics["result"]["report"])
+    dock.diagnostics_dialog.grab().save(str(out / "diagnostics.png"))
+    dock.diagnostics_dialog.close()
 
     window = result["area"]["window"]
     print(f"  CRS {result['crs_name']}, {result['resolution_m'][0]:g} m pixels, "
@@ -151,7 +155,7 @@ def main() -> int:
         stats = band["statistics"]
         print(f"  band {band['index']} {band['description']:<10} {band['dtype']:<7} "
               f"p2 {stats['p2']:>7.0f}  median {stats['p50']:>7.0f}  p98 {stats['p98']:>7.0f}")
-    print(f"Outputs in {out}: map.png, dock.png, qgis.png, inspect.json, backend.json")
+    print(f"Outputs in {out}: map.png, dock.png, qgis.png, inspect.json, backend.json, diagnostics.txt/.png")
     print(f"Still to come: {STILL_TO_COME}.")
     plugin.unload()
     project.clear()
