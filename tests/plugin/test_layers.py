@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import numpy
 from osgeo import gdal, ogr, osr
 from qgis.core import QgsProject
 from terrafuse_under_test.plugin.layers import PROVENANCE_PROPERTY, add_result_layers, group_title
@@ -21,7 +22,7 @@ def write_outputs(folder):
     raster = gdal.GetDriverByName("GTiff").Create(str(folder / "classes.tif"), 8, 8, 1, gdal.GDT_Byte)
     raster.SetGeoTransform((443330, 10, 0, 4173860, 0, -10))
     raster.SetProjection(srs.ExportToWkt())
-    raster.GetRasterBand(1).WriteArray(__import__("numpy").eye(8, dtype="uint8"))
+    raster.GetRasterBand(1).WriteArray(numpy.eye(8, dtype="uint8"))
     raster = None
     (folder / "classes.qml").write_text(PALETTE_QML)
     source = ogr.GetDriverByName("GPKG").CreateDataSource(str(folder / "classes.gpkg"))
@@ -29,7 +30,8 @@ def write_outputs(folder):
     layer.CreateField(ogr.FieldDefn("class_name", ogr.OFTString))
     feature = ogr.Feature(layer.GetLayerDefn())
     feature.SetField("class_name", "marsh")
-    feature.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((443330 4173860,443410 4173860,443410 4173780,443330 4173860))"))
+    triangle = "POLYGON((443330 4173860,443410 4173860,443410 4173780,443330 4173860))"
+    feature.SetGeometry(ogr.CreateGeometryFromWkt(triangle))
     layer.CreateFeature(feature)
     source = None
 
@@ -40,7 +42,8 @@ def test_outputs_come_in_one_group_with_styles_and_provenance(iface, tmp_path) -
                   "versions": {"torch": "2.14.1"}}
     result = {"provenance": provenance, "layers": [
         {"path": str(tmp_path / "classes.gpkg"), "kind": "vector", "name": "Class polygons", "visible": False},
-        {"path": str(tmp_path / "classes.tif"), "kind": "raster", "name": "Classes", "qml": str(tmp_path / "classes.qml")},
+        {"path": str(tmp_path / "classes.tif"), "kind": "raster", "name": "Classes",
+         "qml": str(tmp_path / "classes.qml")},
     ]}
     group = add_result_layers(result, "Segment")
     assert group.name().startswith("Segment — coast — ")
