@@ -25,11 +25,12 @@ from qgis.PyQt.QtWidgets import QDockWidget, QMessageBox
 from ..backend import jobs
 from .area import AreaError, AreaSelection, area_from_layer
 from .diagnostics_dialog import DiagnosticsDialog, DiagnosticsTask
+from .export import ExportError, export_raster, is_file_raster
 from .map_tools import PolygonAreaTool, RectangleAreaTool, make_area_band
 from .runtime.torch_build import CUDA_BUILDS, TorchBuild
 from .settings import PluginSettings
 from .setup_task import SetupBackendTask, resolve_build
-from .tasks import JobTask
+from .tasks import JobTask, PreparationError
 from .worker_client import PLUGIN_ROOT, WorkerClient
 
 FORM_CLASS, _ = uic.loadUiType(os.path.join(PLUGIN_ROOT, "ui", "dock.ui"))
@@ -91,6 +92,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.torchBuildCombo.setCurrentIndex(max(0, self.torchBuildCombo.findData(settings.torch_build)))
 
         self.areaModeCombo.currentIndexChanged.connect(self._on_area_mode_changed)
+        self.rasterCombo.layerChanged.connect(self._on_raster_changed)
         self.areaLayerCombo.layerChanged.connect(self._update_area_label)
         self.selectedOnlyCheck.toggled.connect(self._update_area_label)
         self.drawAreaButton.toggled.connect(self._on_draw_toggled)
@@ -106,6 +108,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.diagnosticsButton.clicked.connect(self.show_diagnostics)
         self._on_area_mode_changed()
         self._on_task_changed()
+        self._on_raster_changed()
 
     # -- area -----------------------------------------------------------------------------
     @property
@@ -114,6 +117,13 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
 
     def set_area_mode(self, key: str) -> None:
         self.areaModeCombo.setCurrentIndex(self.areaModeCombo.findData(key))
+
+    def _on_raster_changed(self) -> None:
+        """A layer that is not a file (XYZ, WMS...) is exported first: show its resolution."""
+        layer = self.rasterCombo.currentLayer()
+        exported = isinstance(layer, QgsRasterLayer) and not is_file_raster(layer)
+        self.gsdLabel.setVisible(exported)
+        self.gsdSpin.setVisible(exported)
 
     def _on_area_mode_changed(self) -> None:
         mode = self.area_mode
@@ -195,16 +205,29 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         layer = self.rasterCombo.currentLayer()
         if not isinstance(layer, QgsRasterLayer):
             raise AreaError("Choose a raster layer first")
-        if layer.providerType() != "gdal":
-            raise AreaError(
-                f"The layer '{layer.name()}' is a {layer.providerType()} layer, not a file: for now the backend "
-                "reads rasters that GDAL opens from a file (export it with Raster > Conversion > Translate)"
-            )
-        params: Dict[str, Any] = {"image": layer.source()}
         area = self.current_area()
+        params: Dict[str, Any] = {"image": layer.source()}
         if area is not None:
             params["aoi"] = area.write()
         return params
+
+    def export_step(self, job: str):
+        """For a raster that is not a file, the step that exports it in the task's thread; else None."""
+        layer = self.rasterCombo.currentLayer()
+        if "image" not in {p.name for p in jobs.JOBS[job].params} or not isinstance(layer, QgsRasterLayer):
+            return None
+        if is_file_raster(layer):
+            return None
+        area, gsd_m = self.current_area(), self.gsdSpin.value()
+        layer = layer.clone()  # the task's own copy: providers are not shared across threads
+
+        def export(params: Dict[str, Any]) -> Dict[str, Any]:
+            try:
+                return {**params, "image": export_raster(layer, area, gsd_m)}
+            except ExportError as exc:
+                raise PreparationError(str(exc)) from None
+
+        return export
 
     def run_task(self, job: Optional[str] = None) -> Optional[JobTask]:
         job = job or self.current_job
@@ -217,7 +240,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             self._show_status(str(exc), error=True)
             return None
         spec = jobs.JOBS[job]
-        task = JobTask(self.client, job, params, f"Terrafuse: {spec.title}")
+        task = JobTask(self.client, job, params, f"Terrafuse: {spec.title}", prepare=self.export_step(job))
         task.progressMessage.connect(self._on_progress)
         task.jobFinished.connect(lambda outcome, job=job: self._on_finished(job, outcome))
         self.task = task

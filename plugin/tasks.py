@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from typing import Any, Dict, Optional
+from typing import Any, Callable, Dict, Optional
 
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
@@ -11,6 +11,10 @@ from qgis.PyQt.QtCore import pyqtSignal
 from .worker_client import JobCancelled, JobFailed, WorkerClient, WorkerError
 
 LOG_TAG = "Terrafuse"
+
+
+class PreparationError(Exception):
+    """What ``prepare`` raises for a problem the user can fix."""
 
 
 class JobTask(QgsTask):
@@ -23,17 +27,25 @@ class JobTask(QgsTask):
     progressMessage = pyqtSignal(int, int, str, float)  # done, total, message, seconds left (-1: unknown)
     jobFinished = pyqtSignal(object)
 
-    def __init__(self, client: WorkerClient, job: str, params: Dict[str, Any], description: str) -> None:
+    def __init__(self, client: WorkerClient, job: str, params: Dict[str, Any], description: str,
+                 prepare: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None) -> None:
+        """``prepare`` runs in the task's thread first (exporting a web layer, say) and returns the params."""
         super().__init__(description, QgsTask.CanCancel)
         self.client = client
         self.job = job
         self.params = params
+        self.prepare = prepare
         self.outcome: Dict[str, Any] = {"status": "error", "message": "not run", "user_error": False}
         self._started_s: Optional[float] = None
 
     def run(self) -> bool:
         self._started_s = time.monotonic()
         try:
+            if self.prepare is not None:
+                self._on_progress(0, 0, "exporting the layer over the area")
+                self.params = self.prepare(self.params)
+            if self.isCanceled():
+                raise JobCancelled("Cancelled")
             handle = self.client.submit(self.job, self.params)
             result = handle.wait(on_progress=self._on_progress, is_cancelled=self.isCanceled)
         except JobCancelled as exc:
@@ -42,6 +54,10 @@ class JobTask(QgsTask):
         except JobFailed as exc:
             self.outcome = {"status": "error", "message": str(exc), "error_type": exc.error_type,
                             "user_error": exc.user_error}
+            return False
+        except PreparationError as exc:
+            self.outcome = {"status": "error", "message": str(exc), "error_type": type(exc).__name__,
+                            "user_error": True}
             return False
         except WorkerError as exc:  # includes WorkerDied
             self.outcome = {"status": "error", "message": str(exc), "error_type": type(exc).__name__,
