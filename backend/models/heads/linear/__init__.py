@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from .model import LinearHead
+
+__all__ = ["LinearHead"]

@@ -1,0 +1,5 @@
+from __future__ import annotations
+
+from .model import PixelHead
+
+__all__ = ["PixelHead"]

@@ -1,0 +1,229 @@
+"""SatDiFuser (Fig. 2): a frozen diffusion feature extractor, a fusion (eq. 1-4) and a task head.
+
+Only the fusion and the head train, so only they are saved: a folder with ``head.safetensors`` and a
+``config.json`` sidecar that says everything needed to use the weights again (classes with names and
+colours, the backbone's name, source and sha256, the feature configuration, the bands and their
+normalisation, metrics, the date), in the manner of diffusers' ``save_pretrained`` /
+``from_pretrained``.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import shutil
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from .. import __version__
+from ..errors import UserError
+from .fusion import FEATURE_INFO_KEYS, FeatureFusion, create_fusion
+from .heads import Head, create_head
+
+if TYPE_CHECKING:
+    from .diffusion import DiffusionBackbone, DiffusionFeatureExtractor
+
+HEAD_WEIGHTS_NAME = "head.safetensors"
+HEAD_CONFIG_NAME = "config.json"
+CONFIG_FORMAT = "terrafuse-head"
+CONFIG_FORMAT_VERSION = 1
+
+
+@dataclass
+class SegmenterConfig:
+    """The ``config.json`` of a saved head. Bands are 1-based raster band indices, fed as R, G, B;
+    ``band_low`` / ``band_high`` map each band linearly to [-1, 1] (values outside are clipped)."""
+
+    classes: list[dict[str, Any]]  # {"id": int (value in the class raster), "name": str, "colour": "#rrggbb"}
+    feature_info: list[dict[str, Any]]
+    fusion: str
+    head: str
+    fusion_kwargs: dict[str, Any] = field(default_factory=dict)
+    head_kwargs: dict[str, Any] = field(default_factory=dict)
+    backbone: dict[str, Any] = field(default_factory=dict)  # name, source, sha256
+    timesteps: list[int] = field(default_factory=list)
+    blocks: list[str] = field(default_factory=list)
+    levels: list[int] = field(default_factory=list)
+    bands: list[int] = field(default_factory=list)
+    band_low: list[float] = field(default_factory=list)
+    band_high: list[float] = field(default_factory=list)
+    normalisation: str = "per-band 2nd-98th percentile over the training area, scaled to [-1, 1]"
+    tile_px: int = 512
+    metrics: dict[str, Any] = field(default_factory=dict)
+    training: dict[str, Any] = field(default_factory=dict)
+    created: str = ""
+    software: dict[str, str] = field(default_factory=dict)
+
+    def to_json(self) -> dict[str, Any]:
+        return {"format": CONFIG_FORMAT, "format_version": CONFIG_FORMAT_VERSION, **asdict(self)}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str = "config") -> SegmenterConfig:
+        if data.get("format") != CONFIG_FORMAT:
+            raise UserError(f"{where} is not a Terrafuse head configuration")
+        if int(data.get("format_version", 0)) > CONFIG_FORMAT_VERSION:
+            raise UserError(f"{where} was written by a newer Terrafuse (format {data['format_version']}); update")
+        known = set(cls.__dataclass_fields__)
+        try:
+            return cls(**{k: v for k, v in data.items() if k in known})
+        except TypeError as exc:
+            raise UserError(f"{where} is incomplete: {exc}") from None
+
+    @property
+    def class_names(self) -> list[str]:
+        return [c["name"] for c in self.classes]
+
+
+class SatDiFuser(nn.Module):
+    """``forward(images)``: images (B, 3, H, W) in [-1, 1] -> logits (B, classes, H, W) (or (B, classes)
+    for a classification head). :meth:`decode` runs the trainable part on features computed earlier,
+    which is how training reuses cached features.
+
+    The extractor is kept outside the module tree: ``parameters()``, ``state_dict()`` and
+    :meth:`save_pretrained` cover the fusion and the head only.
+    """
+
+    def __init__(self, fusion: FeatureFusion, head: Head, config: SegmenterConfig,
+                 extractor: DiffusionFeatureExtractor | None = None) -> None:
+        super().__init__()
+        self.fusion = fusion
+        self.head = head
+        self.config = config
+        object.__setattr__(self, "extractor", extractor)
+
+    @classmethod
+    def create(cls, feature_info: Sequence[dict[str, Any]], classes: Sequence[dict[str, Any]],
+               fusion: str = "global", head: str = "pixel", *, fusion_kwargs: dict[str, Any] | None = None,
+               head_kwargs: dict[str, Any] | None = None, extractor: DiffusionFeatureExtractor | None = None,
+               **config: Any) -> SatDiFuser:
+        """A new, untrained model for ``feature_info``; ``config`` fills the other SegmenterConfig fields."""
+        if len({c["name"] for c in classes}) != len(classes):
+            raise ValueError("class names must be unique")
+        fusion_module = create_fusion(fusion, feature_info, **(fusion_kwargs or {}))
+        head_module = create_head(head, fusion_module.pyramid_chs, len(classes), **(head_kwargs or {}))
+        info = [{k: entry[k] for k in FEATURE_INFO_KEYS} for entry in feature_info]
+        settings = SegmenterConfig(
+            classes=[dict(c) for c in classes], feature_info=info, fusion=fusion, head=head,
+            fusion_kwargs=fusion_module.config(), head_kwargs=head_module.config(), **config,
+        )
+        return cls(fusion_module, head_module, settings, extractor)
+
+    def forward(self, images: Tensor) -> Tensor:
+        if self.extractor is None:
+            raise RuntimeError("no feature extractor attached: call attach_backbone() or use decode()")
+        return self.decode(self.extractor(images), tuple(images.shape[-2:]))
+
+    def decode(self, features: Sequence[Tensor], image_hw: tuple[int, int]) -> Tensor:
+        """Fusion then head on the extractor's features (the trainable part)."""
+        return self.head(self.fusion(features), image_hw)
+
+    def auxiliary_loss(self) -> Tensor | None:
+        """The fusion's extra loss term of the last forward pass (MoE balancing), or None."""
+        return self.fusion.auxiliary_loss()
+
+    def attach_backbone(self, backbone: DiffusionBackbone) -> None:
+        """Build the extractor this head was trained with on ``backbone``; another backbone is refused."""
+        from .diffusion import DiffusionFeatureExtractor
+
+        check_backbone(self.config, backbone)
+        extractor = DiffusionFeatureExtractor(backbone, timesteps=self.config.timesteps, blocks=self.config.blocks,
+                                              levels=self.config.levels)
+        check_feature_info(self.config.feature_info, extractor.feature_info)
+        object.__setattr__(self, "extractor", extractor)
+
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``head.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        if folder.exists() and not (folder / HEAD_CONFIG_NAME).is_file() and any(folder.iterdir()):
+            raise UserError(f"{folder} exists and is not a Terrafuse head folder; choose a new or empty folder")
+        self.config.created = self.config.created or datetime.datetime.now(datetime.timezone.utc).isoformat(
+            timespec="seconds")
+        self.config.software = {"terrafuse": __version__, "torch": torch.__version__}
+        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
+        save_file(state, str(partial / HEAD_WEIGHTS_NAME), metadata={"format": "pt", "fusion": self.config.fusion,
+                                                                       "head": self.config.head})
+        (partial / HEAD_CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
+        replace_folder(partial, folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str],
+                        backbone: DiffusionBackbone | None = None) -> SatDiFuser:
+        """Load a saved head; with ``backbone`` (whose sha256 must match), attach its feature extractor."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        config = read_config(folder)
+        if backbone is not None:
+            check_backbone(config, backbone)
+        try:
+            fusion = create_fusion(config.fusion, config.feature_info, **config.fusion_kwargs)
+            head = create_head(config.head, fusion.pyramid_chs, len(config.classes), **config.head_kwargs)
+        except (TypeError, ValueError) as exc:
+            raise UserError(f"The head in {folder} has a configuration this version cannot build: {exc}") from None
+        model = cls(fusion, head, config)
+        weights = Path(folder) / HEAD_WEIGHTS_NAME
+        try:
+            state = load_file(str(weights))
+            model.load_state_dict(state, strict=True)
+        except FileNotFoundError:
+            raise UserError(f"{folder} has no {HEAD_WEIGHTS_NAME}") from None
+        except (OSError, RuntimeError, SafetensorError) as exc:
+            raise UserError(f"The head weights {weights} are corrupt, truncated or do not fit its config.json "
+                            f"({type(exc).__name__}: {str(exc)[:200]})") from None
+        model.eval()
+        if backbone is not None:
+            model.attach_backbone(backbone)
+        return model
+
+
+def read_config(folder: str | os.PathLike[str]) -> SegmenterConfig:
+    path = Path(folder) / HEAD_CONFIG_NAME
+    if not Path(folder).is_dir():
+        raise UserError(f"Head folder not found: {folder}")
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise UserError(f"{folder} is not a Terrafuse head folder: it has no {HEAD_CONFIG_NAME}") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"Cannot read {path}: {exc}") from None
+    return SegmenterConfig.from_json(data, str(path))
+
+
+def check_backbone(config: SegmenterConfig, backbone: DiffusionBackbone) -> None:
+    """A head's fusion was trained on one backbone's features; any other backbone is refused."""
+    expected = config.backbone.get("sha256")
+    if expected != backbone.sha256:
+        raise UserError(
+            f"This head was trained on the backbone {config.backbone.get('name')!r} (sha256 {str(expected)[:12]}), "
+            f"but the loaded backbone is {backbone.name!r} (sha256 {backbone.sha256[:12]}); load the backbone "
+            "the head was trained with, or train a new head")
+
+
+def check_feature_info(saved: Sequence[dict[str, Any]], current: Sequence[dict[str, Any]]) -> None:
+    def key(info: dict[str, Any]) -> tuple[Any, ...]:
+        return tuple(info[k] for k in FEATURE_INFO_KEYS)
+
+    if [key(i) for i in saved] != [key(i) for i in current]:
+        raise UserError("The backbone's features differ from those the head was trained on "
+                        f"({len(saved)} saved, {len(current)} now); the head needs its own backbone version")
+
+
+def replace_folder(new: Path, target: Path) -> None:
+    """Put the complete folder ``new`` at ``target``; an existing ``target`` is removed only afterwards."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        target.rename(old)
+    new.rename(target)
+    shutil.rmtree(old, ignore_errors=True)
