@@ -41,7 +41,7 @@ def _add_argument(parser: argparse.ArgumentParser, param: jobs.Param) -> None:
         kwargs["type"] = _ARG_TYPES.get(param.kind, str)
         if param.choices:
             kwargs["choices"] = param.choices
-        if param.kind in ("raster", "vector", "file", "output_folder", "output_file"):
+        if param.kind in ("raster", "vector", "file", "folder", "output_folder", "output_file"):
             kwargs["metavar"] = param.kind.upper().replace("OUTPUT_", "")
     if param.positional:
         parser.add_argument(param.name, **kwargs)

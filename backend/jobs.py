@@ -20,6 +20,7 @@ PARAM_KINDS = (
     "raster",  # path of a raster file GDAL reads
     "vector",  # path of a vector file GDAL reads (areas, labels)
     "file",  # any input file
+    "folder",  # an input folder (a saved head, a model)
     "output_folder",  # a folder the job writes into
     "output_file",  # a file the job writes
     "str",
@@ -36,6 +37,10 @@ class _Required:
 
 
 REQUIRED: Any = _Required()
+
+#: The bundled backbone (backend.models.diffusion.registry.DEFAULT_BACKBONE; spelled here to keep this module
+#: free of torch).
+DEFAULT_BACKBONE = "terrafuse-tiny"
 
 
 @dataclass(frozen=True)
@@ -212,7 +217,8 @@ register(
         params=(
             Param("image", "raster", "Raster under the labels"),
             Param("labels", "vector", "Labels layer (GeoPackage; field class_name, optionally class_id, colour)"),
-            Param("backbone", "str", "Diffusion backbone: a diffusers folder, a zip of one, a registered name"),
+            Param("backbone", "str", "Diffusion backbone: a name 'models list' prints, a diffusers folder, a zip "
+                  "of one, or a hub id", DEFAULT_BACKBONE),
             Param("out", "output_folder", "Folder the head is saved into"),
             Param("fusion", "choice", "Fusion of the diffusion features (SatDiFuser eq. 1, 2 or 3-4)", "global",
                   choices=("global", "localized", "moe")),
@@ -244,12 +250,35 @@ register(
         target="backend.segment:run_segment",
         params=(
             Param("image", "raster", "Raster to classify"),
-            Param("model", "file", "Head folder written by train (head.safetensors + config.json)"),
+            Param("model", "folder", "Head folder written by train (head.safetensors + config.json)"),
             Param("out", "output_folder", "Folder the outputs are written into"),
             Param("aoi", "vector", "Area of interest (polygons, any CRS); the whole raster when omitted", None),
             Param("backbone", "str", "Backbone to use instead of the one recorded in the head (same sha256)", None),
             Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),
             Param("batch_size", "int", "Tiles per backbone call", 1),
+        ),
+        group="Models",
+    )
+)
+
+register(
+    JobSpec(
+        name="models",
+        title="Model manager",
+        help=(
+            "list: the known models with source, size, licence and where installed (JSON, no network); info: "
+            "the size and licence a download would fetch; download: fetch with progress and resume, check the "
+            "published checksum; verify: re-hash what is installed; import: a local folder or archive "
+            "(offline use; SkySense's files are converted)."
+        ),
+        target="backend.hub.manager:run_models",
+        params=(
+            Param("action", "choice", "What to do", choices=("list", "info", "download", "verify", "import"),
+                  positional=True),
+            Param("name", "str", "Model name, as 'models list' prints it", None),
+            Param("path", "file", "import: the folder or zip archive to import", None),
+            Param("folder", "output_folder", "download: folder the files go to (default: the models folder)", None),
+            Param("offline", "bool", "Never use the network", False),
         ),
         group="Models",
     )

@@ -26,6 +26,7 @@ from ..backend import jobs
 from .area import AreaError, AreaSelection, area_from_layer
 from .diagnostics_dialog import DiagnosticsDialog, DiagnosticsTask
 from .export import ExportError, export_raster, is_file_raster
+from .labels_panel import LabelsPanel
 from .map_tools import PolygonAreaTool, RectangleAreaTool, make_area_band
 from .runtime.torch_build import CUDA_BUILDS, TorchBuild
 from .settings import PluginSettings
@@ -78,6 +79,9 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             tool.areaDrawn.connect(self._on_area_drawn)
             tool.deactivated.connect(lambda: self.drawAreaButton.setChecked(False))
 
+        self.labelsGroup.setCollapsed(True)  # opened when labelling starts: the map's flow comes first
+        self.labels_panel = LabelsPanel(self)
+        self.labels_panel.message.connect(lambda text: self._show_status(text, error=True))
         self.rasterCombo.setFilters(QgsMapLayerProxyModel.RasterLayer)
         self.areaLayerCombo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
         for key, label in AREA_MODES:
@@ -377,10 +381,12 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         for task in (self.task, self.setup_task):
             if task is not None:
                 task.cancel()
-        for tool in (self._rectangle_tool, self._polygon_tool):
+        for tool in (self._rectangle_tool, self._polygon_tool, *self.labels_panel.tools()):
             if self.canvas.mapTool() is tool:
                 self.canvas.unsetMapTool(tool)
-        for item in (self._area_band, self._rectangle_tool._band, self._polygon_tool._band):
+        bands = [self._area_band] + [tool._band for tool in (self._rectangle_tool, self._polygon_tool,
+                                                            *self.labels_panel.tools()) if hasattr(tool, "_band")]
+        for item in bands:
             self.canvas.scene().removeItem(item)
 
 

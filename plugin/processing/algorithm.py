@@ -43,6 +43,8 @@ def parameter_definition(param: Param) -> QgsProcessingParameterDefinition:
                                                    optional=optional)
     if param.kind == "file":
         return QgsProcessingParameterFile(name, label, optional=optional)
+    if param.kind == "folder":
+        return QgsProcessingParameterFile(name, label, QgsProcessingParameterFile.Folder, optional=optional)
     if param.kind == "output_folder":
         return QgsProcessingParameterFolderDestination(name, label, optional=optional)
     if param.kind == "output_file":
@@ -112,7 +114,7 @@ class JobAlgorithm(QgsProcessingAlgorithm):
             elif param.kind == "vector":
                 values[param.name] = self.parameterAsCompatibleSourceLayerPath(
                     parameters, name, context, ["gpkg", "shp", "geojson"], "gpkg", feedback)
-            elif param.kind == "file":
+            elif param.kind in ("file", "folder"):
                 values[param.name] = self.parameterAsFile(parameters, name, context)
             elif param.kind == "output_file":
                 values[param.name] = self.parameterAsFileOutput(parameters, name, context)

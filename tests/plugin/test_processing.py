@@ -30,6 +30,9 @@ def test_parameters_come_from_the_job_schema(plugin) -> None:
     assert names == ["IMAGE", "AOI", "MAX_SAMPLES_PX", "RESULT_JSON"]
     assert not algorithm.parameterDefinition("IMAGE").flags() & 0x8  # FlagOptional
     assert algorithm.parameterDefinition("AOI").flags() & 0x8
+    segment = QgsApplication.processingRegistry().algorithmById("terrafuse:segment")
+    model = segment.parameterDefinition("MODEL")
+    assert model.behavior() == model.Folder, "a head is a folder: the picker must pick folders"
 
 
 def test_the_package_holds_the_plugin_only(tmp_path) -> None:

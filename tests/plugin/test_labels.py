@@ -1,0 +1,138 @@
+"""The labels GeoPackage: classes managed, labels saved as they are drawn, nothing lost on reopening."""
+
+from __future__ import annotations
+
+import pytest
+from osgeo import ogr, osr
+from qgis.core import QgsCoordinateReferenceSystem, QgsGeometry, QgsPointXY, QgsRectangle, QgsVectorLayer
+from terrafuse_under_test.plugin.labels import LabelsError, LabelsLayer
+
+UTM18 = QgsCoordinateReferenceSystem("EPSG:32618")
+
+
+def square(x: float, y: float, size: float = 100) -> QgsGeometry:
+    return QgsGeometry.fromRect(QgsRectangle(x, y, x + size, y + size))
+
+
+def reopen(path: str) -> LabelsLayer:
+    return LabelsLayer(QgsVectorLayer(f"{path}|layername=labels", "again", "ogr"))
+
+
+def test_classes_and_labels_are_saved_as_they_are_made(tmp_path) -> None:
+    labels = LabelsLayer.create(str(tmp_path / "labels"), UTM18)
+    water = labels.add_class("water")
+    marsh = labels.add_class("marsh", "#00ff00")
+    assert (water.class_id, marsh.class_id) == (0, 1)
+    assert water.colour == "#e41a1c"
+    labels.add_label(square(444000, 4170000), UTM18, water.class_id)
+    labels.add_label(square(445000, 4170000), UTM18, marsh.class_id)
+    labels.add_label(square(445500, 4170000), UTM18, marsh.class_id)
+    # Nothing was committed by hand: a fresh layer on the same file sees everything.
+    again = reopen(labels.path)
+    assert [c.name for c in again.classes()] == ["water", "marsh"]
+    assert again.counts() == {0: 1, 1: 2}
+    names = sorted(f["class_name"] for f in again.layer.getFeatures())
+    assert names == ["marsh", "marsh", "water"]
+
+
+def test_rename_recolour_and_delete_reach_the_labels(tmp_path) -> None:
+    labels = LabelsLayer.create(str(tmp_path / "labels.gpkg"), UTM18)
+    water = labels.add_class("water")
+    marsh = labels.add_class("marsh")
+    labels.add_label(square(444000, 4170000), UTM18, water.class_id)
+    labels.add_label(square(445000, 4170000), UTM18, marsh.class_id)
+    labels.rename_class(marsh.class_id, "salt marsh")
+    labels.recolour_class(marsh.class_id, "#123456")
+    again = reopen(labels.path)
+    feature = next(f for f in again.layer.getFeatures() if f["class_id"] == marsh.class_id)
+    assert (feature["class_name"], feature["colour"]) == ("salt marsh", "#123456")
+    assert labels.delete_class(water.class_id) == 1
+    again = reopen(labels.path)
+    assert [c.name for c in again.classes()] == ["salt marsh"]
+    assert again.counts() == {marsh.class_id: 1}
+    categories = labels.layer.renderer().categories()
+    assert [(c.value(), c.label()) for c in categories] == [(marsh.class_id, "salt marsh")]
+    assert categories[0].symbol().symbolLayer(0).strokeColor().name() == "#123456"
+
+
+def test_labels_drawn_in_another_crs_and_points(tmp_path) -> None:
+    labels = LabelsLayer.create(str(tmp_path / "labels.gpkg"), UTM18)
+    fields = labels.add_class("fields")
+    in_degrees = QgsGeometry.fromRect(QgsRectangle(-75.64, 37.67, -75.635, 37.675))
+    labels.add_label(in_degrees, QgsCoordinateReferenceSystem("EPSG:4326"), fields.class_id)
+    box = next(labels.layer.getFeatures()).geometry().boundingBox()
+    assert 443000 < box.xMinimum() < 449000, "stored in the layer's CRS"
+    point_label = LabelsLayer.point_square(QgsPointXY(444000, 4170000), 30)
+    labels.add_label(point_label, UTM18, fields.class_id)
+    assert labels.counts() == {fields.class_id: 2}
+
+
+def test_mistakes_get_messages(tmp_path) -> None:
+    labels = LabelsLayer.create(str(tmp_path / "labels.gpkg"), UTM18)
+    labels.add_class("water")
+    with pytest.raises(LabelsError, match="There is a class 'water' already"):
+        labels.add_class("water")
+    with pytest.raises(LabelsError, match="needs a name"):
+        labels.add_class("  ")
+    with pytest.raises(LabelsError, match="There is no class 7"):
+        labels.add_label(square(0, 0), UTM18, 7)
+    with pytest.raises(LabelsError, match="exists already"):
+        LabelsLayer.create(labels.path, UTM18)
+    with pytest.raises(LabelsError, match="not a colour"):
+        labels.recolour_class(0, "greenish")
+
+
+def test_an_existing_geopackage_of_polygons_is_adopted(tmp_path) -> None:
+    path = str(tmp_path / "drawn.gpkg")
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32618)
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    layer = source.CreateLayer("drawn", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn("class_name", ogr.OFTString))
+    for name in ("water", "beach", "water"):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetField("class_name", name)
+        feature.SetGeometry(ogr.CreateGeometryFromWkt("POLYGON((0 0,10 0,10 10,0 0))"))
+        layer.CreateFeature(feature)
+    source = None
+    adopted = LabelsLayer(QgsVectorLayer(path, "drawn", "ogr"))
+    assert [(c.class_id, c.name) for c in adopted.classes()] == [(0, "water"), (1, "beach")]
+    assert adopted.counts() == {0: 2, 1: 1}
+
+
+def test_the_dock_draws_labels_for_the_chosen_class(plugin, iface, sample_layer, qtbot, tmp_path) -> None:
+    from qgis.core import QgsProject
+    from qgis.PyQt.QtCore import QPoint, Qt
+
+    dock = plugin.dock
+    plugin.action.trigger()
+    QgsProject.instance().setCrs(sample_layer.crs())
+    iface.canvas.setDestinationCrs(sample_layer.crs())
+    iface.canvas.setExtent(sample_layer.extent())
+    dock.rasterCombo.setLayer(sample_layer)
+    panel = dock.labels_panel
+    assert not dock.addClassButton.isEnabled(), "no labels layer yet"
+    labels = panel.create_labels(str(tmp_path / "labels.gpkg"))
+    assert labels.layer.crs() == sample_layer.crs()
+    panel.add_class("water")
+    panel.add_class("marsh")
+    assert dock.classList.count() == 2
+    assert dock.classList.currentItem().text() == "marsh  (0 labels)"
+    viewport = iface.canvas.viewport()
+
+    def at(fx: float, fy: float) -> QPoint:
+        return QPoint(int(viewport.width() * fx), int(viewport.height() * fy))
+
+    qtbot.mouseClick(dock.drawLabelPolygonButton, Qt.LeftButton)
+    for fx, fy in ((0.3, 0.3), (0.4, 0.3), (0.4, 0.4)):
+        qtbot.mouseClick(viewport, Qt.LeftButton, pos=at(fx, fy))
+    qtbot.mouseClick(viewport, Qt.RightButton, pos=at(0.4, 0.4))
+    panel.select_class(0)
+    qtbot.mouseClick(dock.drawLabelPointButton, Qt.LeftButton)
+    assert not dock.drawLabelPolygonButton.isChecked(), "one drawing tool at a time"
+    qtbot.mouseClick(viewport, Qt.LeftButton, pos=at(0.7, 0.7))
+    assert [dock.classList.item(i).text() for i in range(2)] == ["water  (1 label)", "marsh  (1 label)"]
+    saved = reopen(labels.path)
+    assert saved.counts() == {0: 1, 1: 1}
+    point_label = next(f for f in saved.layer.getFeatures() if f["class_id"] == 0)
+    assert point_label.geometry().boundingBox().width() == pytest.approx(30.0)  # 3 pixels of 10 m
