@@ -1,0 +1,233 @@
+"""SkySense (Fig. 2): factorized multi-modal spatiotemporal encoder, attentional geo-context integration and a
+per-pixel classifier head.
+
+``forward(inputs)`` takes a dict with any non-empty subset of the modalities:
+
+- ``"hr"``: (B, C, H, W) high-resolution image; optional ``"hr_doy"`` (B,) its day of year;
+- ``"s2"``: (B, T, C, H, W) Sentinel-2 series with ``"s2_doy"`` (B, T) days of year 1..366;
+- ``"s1"``: (B, T, C, H, W) Sentinel-1 series with ``"s1_doy"`` (B, T);
+- optional ``"s2_valid"`` / ``"s1_valid"`` (B, T) bool, False for padded time steps;
+- ``"lonlat"`` (B, 2): the tile's centre in degrees, which picks the prototype region.
+
+and returns a ``features_only``-like dict (see :meth:`SkySense.forward`). :attr:`SkySense.feature_info`
+describes the per-pixel feature output for the shared few-shot head training.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from ...errors import UserError
+from .config import GRID_PRIORITY, SkySenseConfig
+from .encoders import ModalityAdapter, SpatialEncoder, resize_to_grid
+from .heads import PixelClassifier
+from .prototypes import GeoContextIntegration, PrototypeBank, cosine_similarity_matrix
+from .regions import RegionGrid
+from .temporal import DayOfYearEncoding, TemporalFusion
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+class SkySense(nn.Module):
+    def __init__(self, config: SkySenseConfig) -> None:
+        super().__init__()
+        self.config = config
+        self.encoders = nn.ModuleDict({m: SpatialEncoder(config.encoders[m]) for m in config.modalities})
+        self.adapters = nn.ModuleDict({
+            m: ModalityAdapter(self.encoders[m].out_chs, config.dim, config.encoders[m].up_scale,
+                               config.encoders[m].up_chs)
+            for m in config.modalities
+        })
+        self.date_encoding = DayOfYearEncoding(config.dim)
+        self.fusion = TemporalFusion(config.dim, config.fusion_depth, config.fusion_heads, config.fusion_mlp_ratio)
+        self.prototypes = PrototypeBank(config.num_regions, config.prototypes_per_region, config.dim)
+        self.geo_context = GeoContextIntegration()
+        self.regions = RegionGrid(*config.region_grid)
+        self.head = PixelClassifier(2 * config.dim, config.num_classes) if config.classes else None
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """The per-pixel output ``features`` as one pyramid level: 2d channels on the fused grid, whose
+        cell is one Sentinel-2 pixel (reduction relative to the grid modality's own pixels)."""
+        grid = next(m for m in GRID_PRIORITY if m in self.config.encoders)
+        enc = self.encoders[grid]
+        return [{"num_chs": 2 * self.config.dim, "reduction": enc.reduction // self.adapters[grid].up_scale,
+                 "module": "features", "grid_modality": grid}]
+
+    def attach_head(self, classes: list[dict[str, Any]]) -> PixelClassifier:
+        """A new linear head for ``classes`` ({"id", "name", "colour"}), replacing any earlier one."""
+        if not classes:
+            raise ValueError("a head needs at least one class")
+        self.config.classes = [dict(c) for c in classes]
+        self.head = PixelClassifier(2 * self.config.dim, len(classes)).to(self.date_encoding.weight.device)
+        return self.head
+
+    # -- eq. 1: spatial features per modality ------------------------------------------------------
+    def encode_modality(self, name: str, images: Tensor) -> Tensor:
+        """F_i = g_i(x_i), then the adapter to width d: images (B, T, C, H, W) -> (B, T, d, h, w)."""
+        encoder = self.encoders[name]
+        b, t = images.shape[:2]
+        if images.shape[2] != encoder.in_chans:
+            raise UserError(f"The {name} input has {images.shape[2]} bands; this SkySense reads {encoder.in_chans} "
+                            f"({', '.join(self.config.encoders[name].bands)})")
+        features = self.adapters[name](encoder(images.flatten(0, 1)))
+        return features.unflatten(0, (b, t))
+
+    def _modality_inputs(self, inputs: dict[str, Tensor]) -> dict[str, tuple[Tensor, Tensor | None, Tensor | None]]:
+        """(images (B, T, C, H, W), days of year (B, T) or None, valid (B, T) or None) per given modality."""
+        given = [m for m in ("hr", "s2", "s1") if inputs.get(m) is not None]
+        if not given:
+            raise UserError("SkySense needs at least one input: a high-resolution image, a Sentinel-2 or a "
+                            "Sentinel-1 series")
+        missing = [m for m in given if m not in self.encoders]
+        if missing:
+            raise UserError(f"This SkySense ({self.config.name}) has no encoder for {', '.join(missing)}; it reads "
+                            f"{', '.join(self.config.modalities)}")
+        out = {}
+        for m in given:
+            x = inputs[m]
+            temporal = self.config.encoders[m].temporal
+            if x.ndim == 4 and not temporal:
+                x = x.unsqueeze(1)
+            if x.ndim != 5:
+                raise UserError(f"The {m} input must be {'(B, T, C, H, W)' if temporal else '(B, C, H, W)'}, "
+                                f"got shape {tuple(x.shape)}")
+            doy = inputs.get(f"{m}_doy")
+            if doy is None and temporal:
+                raise UserError(f"The {m} series needs its acquisition dates ({m}_doy)")
+            if doy is not None:
+                doy = torch.as_tensor(doy, device=x.device).reshape(x.shape[0], x.shape[1])
+            valid = inputs.get(f"{m}_valid")
+            out[m] = (x, doy, None if valid is None else valid.to(torch.bool).reshape(x.shape[0], x.shape[1]))
+        return out
+
+    def forward(self, inputs: dict[str, Tensor], grid_hw: tuple[int, int] | None = None,
+                return_modality_features: bool = False) -> dict[str, Any]:
+        """Returns:
+
+        - ``features``: F_fus (B, 2d, h, w), the fused feature after geo-context concatenation (eq. 3);
+        - ``fused``: F_fus^mm (B, d, h, w), before geo-context;
+        - ``context``: the attended prototype mixture (B, d, h, w);
+        - ``prototype_similarity``: cosine similarity to each prototype of the region (B, N_p, h, w), eq. 11;
+        - ``region``: (B,) region index of each sample;
+        - ``logits``: (B, classes, h, w) when a head is attached;
+        - ``modality_features`` (when asked): {modality: F_i (B, T, d, h, w) on the fused grid}.
+        """
+        modal = self._modality_inputs(inputs)
+        if inputs.get("lonlat") is None:
+            raise UserError("SkySense needs the area's location (lonlat) to choose its prototype region")
+        batch = next(iter(modal.values()))[0].shape[0]
+        features: dict[str, Tensor] = {m: self.encode_modality(m, x) for m, (x, _, _) in modal.items()}
+        if grid_hw is None:
+            grid_modality = next(m for m in GRID_PRIORITY if m in features)
+            grid_hw = tuple(features[grid_modality].shape[-2:])
+        h, w = grid_hw
+        tokens, padding = [], []
+        for m, (_, doy, valid) in modal.items():
+            f = resize_to_grid(features[m].flatten(0, 1), grid_hw).unflatten(0, features[m].shape[:2])
+            features[m] = f
+            if doy is not None:  # F_T^date = F_T + P_DTPE[:, t, :] (eq. 2)
+                f = f + self.date_encoding(doy)[..., None, None]
+            tokens.append(f)
+            padding.append(torch.zeros(f.shape[:2], dtype=torch.bool, device=f.device) if valid is None else ~valid)
+        f_t = torch.cat(tokens, dim=1)  # F_T = Concat[F_HR, F_Ms, F_SAR] (eq. 1): (B, N_T, d, h, w)
+        n_t = f_t.shape[1]
+        f_t = f_t.permute(0, 3, 4, 1, 2).reshape(batch * h * w, n_t, self.config.dim)
+        pad = torch.cat(padding, dim=1)
+        if bool(pad.all(dim=1).any()):
+            raise UserError("A sample has no valid time step in any modality")
+        pad = pad[:, None, None, :].expand(batch, h, w, n_t).reshape(batch * h * w, n_t)
+        fused = self.fusion(f_t, pad if bool(pad.any()) else None).reshape(batch, h * w, self.config.dim)
+
+        region = self.regions.index(torch.as_tensor(inputs["lonlat"]).reshape(batch, 2)).to(fused.device)
+        prototypes = self.prototypes.select(region).to(fused.dtype)
+        combined, _ = self.geo_context(fused, prototypes)
+        similarity = cosine_similarity_matrix(fused, prototypes)
+
+        def to_map(x: Tensor) -> Tensor:
+            return x.transpose(1, 2).reshape(batch, x.shape[-1], h, w)
+
+        out: dict[str, Any] = {
+            "features": to_map(combined),
+            "fused": to_map(fused),
+            "context": to_map(combined[..., self.config.dim:]),
+            "prototype_similarity": to_map(similarity),
+            "region": region,
+        }
+        if self.head is not None:
+            out["logits"] = self.head(out["features"])
+        if return_modality_features:
+            out["modality_features"] = features
+        return out
+
+    # -- save / load ---------------------------------------------------------------------------------
+    def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete."""
+        from safetensors.torch import save_file
+
+        folder = Path(folder)
+        if folder.exists() and not (folder / CONFIG_NAME).is_file() and any(folder.iterdir()):
+            raise UserError(f"{folder} exists and is not a Terrafuse SkySense folder; choose a new or empty folder")
+        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+        state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
+        save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
+        (partial / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
+        if folder.exists():
+            shutil.rmtree(folder)
+        partial.rename(folder)
+        return folder
+
+    @classmethod
+    def from_pretrained(cls, folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> SkySense:
+        """A model from a folder written by :meth:`save_pretrained`, in eval mode."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        folder = Path(folder)
+        config_path, weights_path = folder / CONFIG_NAME, folder / WEIGHTS_NAME
+        if not config_path.is_file() or not weights_path.is_file():
+            raise UserError(f"{folder} is not a SkySense folder (needs {CONFIG_NAME} and {WEIGHTS_NAME})")
+        try:
+            data = json.loads(config_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise UserError(f"{config_path} is not valid JSON: {exc}") from None
+        model = cls(SkySenseConfig.from_json(data, str(config_path)))
+        try:
+            state = load_file(str(weights_path), device=str(map_location))
+        except (SafetensorError, OSError) as exc:
+            raise UserError(f"{weights_path} is corrupt or truncated: {exc}") from None
+        load_checked(model, state, str(weights_path))
+        return model.eval()
+
+
+def load_checked(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
+    """``load_state_dict`` that says, in words, which weights are missing, unexpected or of another shape."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    wrong = sorted(k for k in set(own) & set(state) if own[k].shape != state[k].shape)
+    if missing or unexpected or wrong:
+        parts = []
+        for label, keys in (("missing", missing), ("unexpected", unexpected), ("of another shape", wrong)):
+            if keys:
+                parts.append(f"{len(keys)} {label} (e.g. {', '.join(keys[:3])})")
+        raise UserError(f"The weights in {where} do not fit this SkySense configuration: {'; '.join(parts)}")
+    model.load_state_dict(state)
+
+
+def count_parameters(model: nn.Module) -> dict[str, int]:
+    """Parameters per part, and the prototype buffer's size (a buffer, not trained by gradients)."""
+    counts = {name: sum(p.numel() for p in child.parameters()) for name, child in model.named_children()}
+    counts["total_parameters"] = sum(p.numel() for p in model.parameters())
+    counts["prototype_values"] = int(model.prototypes.prototypes.numel()) if hasattr(model, "prototypes") else 0
+    return counts
