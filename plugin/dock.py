@@ -7,14 +7,19 @@ from __future__ import annotations
 
 import html
 import os
+import time
 from typing import Any, Dict, Optional
 
 from qgis.core import (
     Qgis,
     QgsApplication,
+    QgsCoordinateReferenceSystem,
+    QgsCoordinateTransform,
     QgsGeometry,
     QgsMapLayerProxyModel,
+    QgsProject,
     QgsRasterLayer,
+    QgsRectangle,
     QgsWkbTypes,
 )
 from qgis.gui import QgsFileWidget
@@ -26,10 +31,12 @@ from ..backend import jobs
 from .area import AreaError, AreaSelection, area_from_layer
 from .diagnostics_dialog import DiagnosticsDialog, DiagnosticsTask
 from .export import ExportError, export_raster, is_file_raster
+from .job_form import JobOptionsForm
 from .labels_panel import LabelsPanel
+from .layers import LayerError, add_result_layers
 from .map_tools import PolygonAreaTool, RectangleAreaTool, make_area_band
 from .runtime.torch_build import CUDA_BUILDS, TorchBuild
-from .settings import PluginSettings
+from .settings import PluginSettings, profile_folder
 from .setup_task import SetupBackendTask, resolve_build
 from .tasks import JobTask, PreparationError
 from .worker_client import PLUGIN_ROOT, WorkerClient
@@ -45,7 +52,9 @@ AREA_MODES = (
     ("layer", "Polygons of a layer"),
 )
 #: The jobs the dock offers; each later capability adds its job here.
-DOCK_TASKS = ("inspect",)
+DOCK_TASKS = ("segment", "train", "inspect")
+#: Parameters the dock fills from its own widgets; every other one gets a widget in the options form.
+DOCK_SUPPLIED = ("image", "aoi", "labels")
 #: (key, label) of the torch builds Set up backend can install.
 TORCH_BUILD_CHOICES = (("auto", "Auto (from the NVIDIA driver)"), ("cpu", "CPU only"),
                        *((tag, f"CUDA {version[0]}.{version[1]}") for tag, version in CUDA_BUILDS),
@@ -70,6 +79,9 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.diagnostics_task: Optional[DiagnosticsTask] = None
         self.diagnostics_dialog: Optional[DiagnosticsDialog] = None
         self.last_selftest: Optional[Dict[str, Any]] = None
+        self.options_form: Optional[JobOptionsForm] = None
+        self.last_head: Optional[str] = None  # the head the last training saved, offered to Segment
+        self.most_uncertain: Optional[Dict[str, Any]] = None
         self._drawn: Optional[AreaSelection] = None
         self._device = ""  # the device line of the last info job
         self._area_band = make_area_band(self.canvas)
@@ -110,6 +122,8 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             lambda: setattr(self.settings, "torch_build", self.torchBuildCombo.currentData()))
         self.setupBackendButton.clicked.connect(lambda: self.setup_backend())
         self.diagnosticsButton.clicked.connect(self.show_diagnostics)
+        self.zoomUncertainButton.clicked.connect(self.zoom_to_most_uncertain)
+        self.zoomUncertainButton.hide()
         self._on_area_mode_changed()
         self._on_task_changed()
         self._on_raster_changed()
@@ -198,9 +212,19 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
     def current_job(self) -> str:
         return self.taskCombo.currentData()
 
+    def set_task(self, job: str) -> None:
+        self.taskCombo.setCurrentIndex(self.taskCombo.findData(job))
+
     def _on_task_changed(self) -> None:
         spec = jobs.JOBS[self.current_job]
         self.taskHelpLabel.setText(spec.help)
+        if self.options_form is not None:
+            self.optionsLayout.removeWidget(self.options_form)
+            self.options_form.deleteLater()
+        self.options_form = JobOptionsForm(spec, DOCK_SUPPLIED, self.optionsContainer)
+        self.optionsLayout.addWidget(self.options_form)
+        if self.last_head and "model" in self.options_form.widgets:
+            self.options_form.set_value("model", self.last_head)
 
     def job_params(self, job: str) -> Dict[str, Any]:
         """The job's parameters from the dock's widgets; raises AreaError with a user message."""
@@ -209,10 +233,22 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         layer = self.rasterCombo.currentLayer()
         if not isinstance(layer, QgsRasterLayer):
             raise AreaError("Choose a raster layer first")
+        spec = jobs.JOBS[job]
+        names = {p.name for p in spec.params}
         area = self.current_area()
         params: Dict[str, Any] = {"image": layer.source()}
-        if area is not None:
+        if area is not None and "aoi" in names:
             params["aoi"] = area.write()
+        if "labels" in names:
+            labels = self.labels_panel.labels
+            if labels is None:
+                raise AreaError("Choose or create a labels layer first (the Labels section)")
+            params["labels"] = labels.path
+        if self.options_form is not None and self.options_form.spec.name == job:
+            params.update(self.options_form.values())
+        for param in spec.params:  # an output folder left empty: a new one in the profile
+            if param.kind == "output_folder" and not params.get(param.name):
+                params[param.name] = run_folder(job)
         return params
 
     def export_step(self, job: str):
@@ -360,6 +396,35 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
 
     # -- results --------------------------------------------------------------------------
     def show_result(self, job: str, result: Dict[str, Any]) -> None:
+        spec = jobs.JOBS[job]
+        try:
+            if result.get("layers"):
+                add_result_layers(result, spec.title)
+            if result.get("preview", {}).get("layers"):
+                add_result_layers(result["preview"], "Preview")
+        except LayerError as exc:
+            self._show_status(str(exc), error=True)
+        if job == "train":
+            self.last_head = result.get("model")
+            self.most_uncertain = result.get("most_uncertain")
+            self.zoomUncertainButton.setVisible(self.most_uncertain is not None)
+            self.resultBrowser.setHtml(metrics_html(result))
+        elif job == "segment":
+            self.resultBrowser.setHtml(segment_html(result))
+        self._show_result_details(job, result)
+
+    def zoom_to_most_uncertain(self) -> None:
+        if not self.most_uncertain:
+            return
+        west, south, east, north = self.most_uncertain["bounds_wgs84"]
+        transform = QgsCoordinateTransform(QgsCoordinateReferenceSystem("EPSG:4326"),
+                                           self.canvas.mapSettings().destinationCrs(), QgsProject.instance())
+        extent = transform.transformBoundingBox(QgsRectangle(west, south, east, north))
+        extent.scale(1.5)
+        self.canvas.setExtent(extent)
+        self.canvas.refresh()
+
+    def _show_result_details(self, job: str, result: Dict[str, Any]) -> None:
         if job in ("info", "selftest"):
             self._device = describe_device(result)
             check = result.get("gpu_check", {})
@@ -388,6 +453,64 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
                                                             *self.labels_panel.tools()) if hasattr(tool, "_band")]
         for item in bands:
             self.canvas.scene().removeItem(item)
+
+
+def run_folder(job: str) -> str:
+    """A new folder for a job's outputs in the profile: runs never overwrite each other."""
+    stamp = time.strftime("%Y%m%d-%H%M%S")
+    folder = os.path.join(profile_folder(), "runs", f"{job}-{stamp}")
+    suffix = 1
+    while os.path.exists(folder):
+        suffix += 1
+        folder = os.path.join(profile_folder(), "runs", f"{job}-{stamp}-{suffix}")
+    return folder
+
+
+def _pct(value: Any) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def metrics_html(result: Dict[str, Any]) -> str:
+    """The training's validation: per-class scores, the overall figures, the confusion matrix, the baseline."""
+    metrics = result.get("metrics", {})
+    parts = [f"<h3>Head saved</h3><p>{html.escape(str(result.get('model', '')))}</p>"]
+    if not metrics.get("validated", "per_class" in metrics):
+        parts.append(f"<p style='color:#b26a00'>{html.escape(metrics.get('message') or 'Not validated')}</p>")
+    if metrics.get("per_class"):
+        header = "".join(f"<th nowrap>{h}</th>" for h in ("Class", "Precision", "Recall", "F1", "IoU", "Pixels"))
+        rows = "".join(
+            "<tr>" + "".join(f"<td align='right' nowrap>{html.escape(str(v))}</td>" for v in (
+                c.get("class_name"), _pct(c.get("precision")), _pct(c.get("recall")), _pct(c.get("f1")),
+                _pct(c.get("iou")), f"{c.get('support_px', 0):,}")) + "</tr>"
+            for c in metrics["per_class"])
+        parts.append(f"<table cellspacing='2' cellpadding='2'><tr>{header}</tr>{rows}</table>")
+        parts.append(f"<p>Overall accuracy {_pct(metrics.get('overall_accuracy'))} %, macro F1 "
+                     f"{_pct(metrics.get('macro_f1'))} %, mIoU {_pct(metrics.get('miou'))} %</p>")
+    matrix = metrics.get("confusion_matrix")
+    if matrix and matrix.get("matrix"):
+        names = matrix["classes"]
+        header = "<th>true \\ predicted</th>" + "".join(f"<th>{html.escape(str(n))}</th>" for n in names)
+        rows = "".join(f"<tr><th align='left'>{html.escape(str(name))}</th>"
+                       + "".join(f"<td align='right'>{v:,}</td>" for v in row) + "</tr>"
+                       for name, row in zip(names, matrix["matrix"]))
+        parts.append("<h4>Confusion matrix (held-out pixels)</h4>"
+                     f"<table cellspacing='2'><tr>{header}</tr>{rows}</table>")
+    baseline = result.get("baseline")
+    if baseline:
+        name = html.escape(str(baseline.get("name", "random forest")))
+        parts.append(f"<p><b>Baseline</b> ({name}): overall accuracy {_pct(baseline.get('overall_accuracy'))} %, "
+                     f"macro F1 {_pct(baseline.get('macro_f1'))} %, mIoU {_pct(baseline.get('miou'))} %</p>")
+    return "".join(parts)
+
+
+def segment_html(result: Dict[str, Any]) -> str:
+    counts = result.get("class_px", {})
+    total = sum(counts.values()) or 1
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td align='right'>{100 * n / total:.1f} %</td></tr>"
+                   for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    return (f"<h3>Land cover</h3><p>{result.get('width')} × {result.get('height')} px in {result.get('tiles')} tiles "
+            f"on {html.escape(str(result.get('device')))}, {result.get('seconds', 0):.1f} s</p>"
+            f"<table cellspacing='2'>{rows}</table>")
 
 
 def _duration(seconds: float) -> str:

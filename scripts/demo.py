@@ -127,6 +127,7 @@ def main() -> int:
     print(f"  {dock.backendLabel.text()}")
 
     dock.rasterCombo.setLayer(scene)
+    dock.set_task("inspect")
     dock.set_area_mode("layer")
     dock.areaLayerCombo.setLayer(area)
     print(f"Inspecting {args.image.name} over the demo area ({dock.areaLabel.text()})…", flush=True)

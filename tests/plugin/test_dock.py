@@ -31,6 +31,7 @@ def test_inspect_a_drawn_polygon(plugin, iface, sample_layer, qtbot) -> None:
     plugin.action.trigger()
     show_layer(iface, sample_layer)
     dock.rasterCombo.setLayer(sample_layer)
+    dock.set_task("inspect")
     dock.set_area_mode("polygon")
     assert dock.drawAreaButton.isChecked(), "choosing a drawn area starts drawing"
     viewport = iface.canvas.viewport()
@@ -63,6 +64,7 @@ def test_inspect_a_rectangle_drawn_by_dragging(plugin, iface, sample_layer, qtbo
     plugin.action.trigger()
     show_layer(iface, sample_layer)
     dock.rasterCombo.setLayer(sample_layer)
+    dock.set_task("inspect")
     dock.set_area_mode("rectangle")
     viewport = iface.canvas.viewport()
     qtbot.mousePress(viewport, Qt.LeftButton, pos=canvas_point(iface, 0.4, 0.4))
@@ -85,6 +87,7 @@ def test_the_area_from_a_layer_in_another_crs(plugin, iface, sample_layer, qtbot
     fields.dataProvider().addFeatures([feature])
     QgsProject.instance().addMapLayer(fields)
     dock.rasterCombo.setLayer(sample_layer)
+    dock.set_task("inspect")
     dock.set_area_mode("layer")
     dock.areaLayerCombo.setLayer(fields)
     assert "fields (all features)" in dock.areaLabel.text()
@@ -101,6 +104,7 @@ def test_an_area_outside_the_raster_gets_a_clear_message(plugin, iface, sample_l
     elsewhere.dataProvider().addFeatures([feature])
     QgsProject.instance().addMapLayer(elsewhere)
     dock.rasterCombo.setLayer(sample_layer)
+    dock.set_task("inspect")
     dock.set_area_mode("layer")
     dock.areaLayerCombo.setLayer(elsewhere)
     job, outcome = run_and_wait(dock, qtbot)
@@ -122,6 +126,7 @@ def test_running_without_a_raster_says_so(plugin, qtbot) -> None:
 def test_drawing_is_needed_before_running_a_drawn_area(plugin, sample_layer, qtbot) -> None:
     dock = plugin.dock
     dock.rasterCombo.setLayer(sample_layer)
+    dock.set_task("inspect")
     dock.set_area_mode("polygon")
     qtbot.mouseClick(dock.runButton, Qt.LeftButton)
     assert "Draw the area on the map first" in dock.statusLabel.text()

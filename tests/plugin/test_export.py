@@ -98,6 +98,7 @@ def test_the_dock_exports_a_web_layer_before_the_job(plugin, tile_server, qtbot)
     QgsProject.instance().addMapLayer(layer)
     dock = plugin.dock
     dock.rasterCombo.setLayer(layer)
+    dock.set_task("inspect")
     assert dock.gsdSpin.isVisibleTo(dock)
     dock.gsdSpin.setValue(10.0)
     fields = QgsVectorLayer("Polygon?crs=EPSG:4326", "area", "memory")

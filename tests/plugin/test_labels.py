@@ -114,6 +114,7 @@ def test_the_dock_draws_labels_for_the_chosen_class(plugin, iface, sample_layer,
     assert not dock.addClassButton.isEnabled(), "no labels layer yet"
     labels = panel.create_labels(str(tmp_path / "labels.gpkg"))
     assert labels.layer.crs() == sample_layer.crs()
+    qtbot.waitUntil(lambda: dock.drawLabelPolygonButton.height() > 0)  # the section opened and laid out
     panel.add_class("water")
     panel.add_class("marsh")
     assert dock.classList.count() == 2
