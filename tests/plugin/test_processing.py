@@ -85,3 +85,20 @@ def test_the_package_installs_and_qgis_process_lists_it(tmp_path) -> None:
     result = json.loads(json.loads(ran.stdout)["results"]["RESULT"])
     assert result["bands"][3]["description"] == "B08 nir"
     assert Path(plugins / "terrafuse" / "metadata.txt").exists()
+
+
+def test_make_qgis_links_the_checkout_as_the_plugin(tmp_path) -> None:
+    """What `make qgis` does before it opens QGIS: link, enable, and the algorithms are there."""
+    env = dict(os.environ, QGIS_CUSTOM_CONFIG_PATH=str(tmp_path), QT_QPA_PLATFORM="offscreen",
+               XDG_CACHE_HOME=str(tmp_path / "cache"), TERRAFUSE_PYTHON=BACKEND_PYTHON)
+    root = Path(__file__).resolve().parents[2]
+    subprocess.run(["python3", str(root / "scripts" / "link_plugin.py"), "--name", "terrafuse"], env=env, check=True)
+    link = tmp_path / "profiles" / "default" / "python" / "plugins" / "terrafuse"
+    assert link.is_symlink()
+    assert link.resolve() == root
+    enabled = subprocess.run(["qgis_process.bin", "plugins", "enable", "terrafuse"], env=env, capture_output=True,
+                             text=True, timeout=180, check=False)
+    assert enabled.returncode == 0, enabled.stderr
+    listed = subprocess.run(["qgis_process.bin", "list"], env=env, capture_output=True, text=True, timeout=180,
+                            check=False)
+    assert "terrafuse:segment" in listed.stdout
