@@ -16,6 +16,14 @@ from qgis.core import QgsProject, QgsRasterLayer, QgsSettings  # noqa: E402 - ne
 from qgis.PyQt.QtCore import QCoreApplication, QEvent  # noqa: E402
 
 
+def show_layer(iface, layer) -> None:
+    """Put the canvas (and the project) in the layer's CRS, zoomed to it, as a user would."""
+    QgsProject.instance().setCrs(layer.crs())
+    iface.canvas.setDestinationCrs(layer.crs())
+    iface.canvas.setExtent(layer.extent())
+    iface.canvas.refresh()
+
+
 def flush_deletes() -> None:
     QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
     QCoreApplication.processEvents()

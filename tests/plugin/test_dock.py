@@ -5,14 +5,9 @@ from __future__ import annotations
 from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsRectangle, QgsVectorLayer
 from qgis.PyQt.QtCore import QPoint, Qt
 
+from tests.plugin.conftest import show_layer
+
 JOB_TIMEOUT_MS = 120_000
-
-
-def show_layer(iface, layer) -> None:
-    QgsProject.instance().setCrs(layer.crs())
-    iface.canvas.setDestinationCrs(layer.crs())
-    iface.canvas.setExtent(layer.extent())
-    iface.canvas.refresh()
 
 
 def canvas_point(iface, fx: float, fy: float) -> QPoint:

@@ -7,6 +7,8 @@ from osgeo import ogr, osr
 from qgis.core import QgsCoordinateReferenceSystem, QgsGeometry, QgsPointXY, QgsRectangle, QgsVectorLayer
 from terrafuse_under_test.plugin.labels import LabelsError, LabelsLayer
 
+from tests.plugin.conftest import show_layer
+
 UTM18 = QgsCoordinateReferenceSystem("EPSG:32618")
 
 
@@ -101,14 +103,11 @@ def test_an_existing_geopackage_of_polygons_is_adopted(tmp_path) -> None:
 
 
 def test_the_dock_draws_labels_for_the_chosen_class(plugin, iface, sample_layer, qtbot, tmp_path) -> None:
-    from qgis.core import QgsProject
     from qgis.PyQt.QtCore import QPoint, Qt
 
     dock = plugin.dock
     plugin.action.trigger()
-    QgsProject.instance().setCrs(sample_layer.crs())
-    iface.canvas.setDestinationCrs(sample_layer.crs())
-    iface.canvas.setExtent(sample_layer.extent())
+    show_layer(iface, sample_layer)
     dock.rasterCombo.setLayer(sample_layer)
     panel = dock.labels_panel
     assert not dock.addClassButton.isEnabled(), "no labels layer yet"

@@ -10,6 +10,7 @@ from qgis.core import QgsCoordinateReferenceSystem, QgsGeometry, QgsProject, Qgs
 from qgis.PyQt.QtCore import QPoint, Qt
 
 from tests.conftest import BACKEND_PYTHON, ROOT
+from tests.plugin.conftest import show_layer
 
 JOB_TIMEOUT_MS = 600_000
 UTM18 = QgsCoordinateReferenceSystem("EPSG:32618")
@@ -41,9 +42,7 @@ def run_and_wait(dock, qtbot):
 def test_label_train_and_map(plugin, iface, sample_layer, qtbot, tmp_path, tiny_backbone_folder) -> None:
     dock = plugin.dock
     plugin.action.trigger()
-    QgsProject.instance().setCrs(sample_layer.crs())
-    iface.canvas.setDestinationCrs(sample_layer.crs())
-    iface.canvas.setExtent(sample_layer.extent())
+    show_layer(iface, sample_layer)
     dock.rasterCombo.setLayer(sample_layer)
     panel = dock.labels_panel
     labels = panel.create_labels(str(tmp_path / "labels.gpkg"))
