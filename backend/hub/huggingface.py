@@ -11,8 +11,12 @@ import os
 import re
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
+
+if TYPE_CHECKING:
+    from ..progress import Progress
 
 log = logging.getLogger("terrafuse.hub")
 
@@ -34,6 +38,32 @@ def offline_requested(offline: bool | None = None) -> bool:
     return os.environ.get("HF_HUB_OFFLINE", "").strip().lower() in _TRUE or bool(constants.HF_HUB_OFFLINE)
 
 
+def progress_tqdm(progress: Progress, label: str) -> type:
+    """A tqdm class that forwards huggingface-hub's byte counts to ``progress`` (MB done of MB known).
+
+    snapshot_download makes several bars from the class; only the one counting written bytes ("Reconstructing")
+    is forwarded, so the dock shows one bar. Bars are never drawn (``disable``).
+    """
+    from huggingface_hub.utils import tqdm as hf_tqdm
+
+    class ProgressTqdm(hf_tqdm):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            kwargs["disable"] = True
+            super().__init__(*args, **kwargs)
+            self._forward = str(kwargs.get("desc", "")).startswith("Reconstruct")
+            self._done_b = 0
+
+        def update(self, n: float | None = 1) -> bool | None:
+            self._done_b += int(n or 0)
+            if self._forward:
+                total_mb = max(int(self.total or 0) // 10**6, self._done_b // 10**6, 1)
+                progress.update(self._done_b // 10**6, total_mb, f"{label}: {self._done_b // 10**6} of "
+                                f"{total_mb} MB")
+            return None
+
+    return ProgressTqdm
+
+
 def fetch_snapshot(
     repo_id: str,
     *,
@@ -41,8 +71,14 @@ def fetch_snapshot(
     allow_patterns: Sequence[str] | None = None,
     ignore_patterns: Sequence[str] | None = None,
     offline: bool | None = None,
+    cache_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> Path:
-    """Download (or find in the cache) the files of ``repo_id`` that match the patterns; return the folder."""
+    """Download (or find in the cache) the files of ``repo_id`` that match the patterns; return the folder.
+
+    ``cache_dir`` replaces huggingface-hub's cache (a models folder the user chose); ``progress`` gets the
+    bytes written.
+    """
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -62,6 +98,8 @@ def fetch_snapshot(
             allow_patterns=list(allow_patterns) if allow_patterns else None,
             ignore_patterns=list(ignore_patterns) if ignore_patterns else None,
             local_files_only=local_only,
+            cache_dir=str(cache_dir) if cache_dir is not None else None,
+            tqdm_class=progress_tqdm(progress, repo_id) if progress is not None else None,
         )
     except LocalEntryNotFoundError:
         if local_only:

