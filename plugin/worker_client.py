@@ -171,9 +171,12 @@ class WorkerClient:
             ) from None
         self._process = process
         threading.Thread(target=self._read_stdout, args=(process,), daemon=True, name="terrafuse-stdout").start()
-        threading.Thread(target=self._read_stderr, args=(process,), daemon=True, name="terrafuse-stderr").start()
+        stderr_reader = threading.Thread(target=self._read_stderr, args=(process,), daemon=True,
+                                         name="terrafuse-stderr")
+        stderr_reader.start()
         if not self._ready.wait(START_TIMEOUT_S) or process.poll() is not None:
             self._kill(process)
+            stderr_reader.join(timeout=5)  # the reason is in the last lines it wrote: read them all first
             tail = "\n".join(self._stderr_tail) or "(no output)"
             raise WorkerError(f"The backend at '{self.python}' did not start:\n{tail}")
 
