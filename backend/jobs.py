@@ -209,9 +209,12 @@ register(
         name="train",
         title="Train a head from labels",
         help=(
-            "Trains a SatDiFuser fusion and a light head on the labelled pixels of a labels layer (class_name, "
-            "optionally class_id and colour), holding out whole labels for validation; saves head.safetensors "
-            "and config.json into the output folder and prints the metrics."
+            "Trains a SatDiFuser fusion and a head on the labelled pixels of a labels layer (class_name, "
+            "optionally class_id and colour). Backbone features of the labelled tiles are cached on disk, so a "
+            "retrain after a new label computes only its tiles. Whole labels are held out in spatial blocks for "
+            "validation (per-class precision, recall, F1, IoU, confusion matrix), a per-pixel random forest on "
+            "band values is scored on the same pixels as a baseline; saves head.safetensors and config.json into "
+            "the output folder, then optionally previews the area with an uncertainty map."
         ),
         target="backend.training.job:run_train",
         params=(
@@ -222,16 +225,29 @@ register(
             Param("out", "output_folder", "Folder the head is saved into"),
             Param("fusion", "choice", "Fusion of the diffusion features (SatDiFuser eq. 1, 2 or 3-4)", "global",
                   choices=("global", "localized", "moe")),
-            Param("head", "choice", "Head: light per-pixel, or UPerNet", "pixel", choices=("pixel", "upernet")),
+            Param("head", "choice", "Head: auto (UPerNet once the labels cover about 262,000 pixels, else the "
+                  "light per-pixel head), pixel or upernet", "auto", choices=("auto", "pixel", "upernet")),
             Param("bands", "str", "Bands fed as red, green, blue, e.g. 3,2,1 (default: the RGB bands, else 1,2,3)",
                   None),
             Param("timesteps", "str", "Diffusion timesteps of the features", "1,100,200"),
             Param("tile_px", "int", "Tile size in pixels (default: the backbone's training size)", None),
-            Param("epochs", "int", "Training epochs", 40),
-            Param("learning_rate", "float", "AdamW learning rate", 1e-3),
+            Param("epochs", "int", "Most training epochs", 40),
+            Param("patience", "int", "Epochs without a better hold-out loss before training stops (0: never)", 8),
+            Param("learning_rate", "float", "AdamW learning rate (linear warm-up, then cosine decay)", 1e-3),
             Param("batch_size", "int", "Tiles per training step", 4),
             Param("fusion_chs", "int", "Channels of the fused feature pyramid", 64),
-            Param("validation_fraction", "float", "Share of each class's labels held out for validation", 0.2),
+            Param("validation_fraction", "float", "Share of each class's labels (in spatial blocks) held out for "
+                  "validation", 0.2),
+            Param("baseline", "bool", "Also score a per-pixel random forest on band values on the held-out labels",
+                  True),
+            Param("preview", "bool", "After training, map the area with the new head, with an uncertainty raster",
+                  True),
+            Param("preview_aoi", "vector", "Area of the preview (polygons, any CRS); default: around the labels",
+                  None),
+            Param("preview_out", "output_folder", "Folder of the preview's outputs (default: <out>/preview)", None),
+            Param("cache_dir", "str", "Folder of the feature cache (default: <Terrafuse cache>/features)", None),
+            Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
+                  "first)", 2048),
             Param("seed", "int", "Random seed (hold-out, initialisation, batches)", 0),
         ),
         group="Models",
@@ -244,8 +260,9 @@ register(
         title="Map land cover with a trained head",
         help=(
             "Classifies the raster over the area (or all of it) with a head and its backbone, in overlapping "
-            "tiles that are blended; writes classes.tif (uint8, palette, nodata 255) and classes.gpkg "
-            "(class_id, class_name, area_m2) into the output folder."
+            "tiles that are blended and written window by window (memory does not grow with the area); writes "
+            "classes.tif (uint8, palette, nodata 255, class table), confidence.tif, optionally uncertainty.tif, "
+            "classes.gpkg (class_id, class_name, area_m2, mean_confidence) and their QGIS styles."
         ),
         target="backend.segment:run_segment",
         params=(
@@ -254,8 +271,13 @@ register(
             Param("out", "output_folder", "Folder the outputs are written into"),
             Param("aoi", "vector", "Area of interest (polygons, any CRS); the whole raster when omitted", None),
             Param("backbone", "str", "Backbone to use instead of the one recorded in the head (same sha256)", None),
+            Param("bands", "str", "Raster bands fed as red, green, blue, e.g. 3,2,1 or 1 (default: the head's)",
+                  None),
             Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),
-            Param("batch_size", "int", "Tiles per backbone call", 1),
+            Param("batch_size", "int", "Tiles per backbone call", 4),
+            Param("confidence", "bool", "Also write confidence.tif (blended probability of the class, 0-1)", True),
+            Param("uncertainty", "bool", "Also write uncertainty.tif (normalised entropy, 0-1)", False),
+            Param("polygons", "bool", "Also write classes.gpkg (class polygons)", True),
         ),
         group="Models",
     )
@@ -281,5 +303,68 @@ register(
             Param("offline", "bool", "Never use the network", False),
         ),
         group="Models",
+    )
+)
+
+_SKYSENSE_INPUTS = (
+    Param("model", "str", "SkySense folder (config.json + model.safetensors), or a configuration name built with "
+          "random weights", "skysense-tiny"),
+    Param("out", "output_folder", "Folder the outputs are written into"),
+    Param("hr", "raster", "High-resolution optical image (R, G, B)", None),
+    Param("s2", "str", "Sentinel-2 series: comma-separated raster paths, one per date", None),
+    Param("s2_dates", "str", "Sentinel-2 dates, YYYY-MM-DD, one per raster (default: metadata, then file names)",
+          None),
+    Param("s2_bands", "str", "Sentinel-2 bands B2-B8, B8A, B11, B12 as 1-based indices (default: descriptions)",
+          None),
+    Param("s1", "str", "Sentinel-1 series: comma-separated raster paths, one per date", None),
+    Param("s1_dates", "str", "Sentinel-1 dates, YYYY-MM-DD, one per raster (default: metadata, then file names)",
+          None),
+    Param("s1_bands", "str", "Sentinel-1 bands VV, VH as 1-based indices (default: descriptions)", None),
+    Param("aoi", "vector", "Area of interest (polygons, any CRS); the inputs' common extent when omitted", None),
+    Param("grid_gsd_m", "float", "Cell size of the common output grid in metres", 10.0),
+    Param("tile_px", "int", "Tile size in grid cells (default: the model's)", None),
+    Param("batch_size", "int", "Tiles per model call", 4),
+    Param("seed", "int", "Random seed (weights of a configuration built fresh, prototype learning)", 0),
+)
+
+register(
+    JobSpec(
+        name="classify",
+        title="Multi-modal classification (SkySense)",
+        help=(
+            "Classifies the area from any of a high-resolution image, a Sentinel-2 and a Sentinel-1 series on one "
+            "grid with a SkySense model and its head; writes classes.tif (uint8, palette, nodata 255), "
+            "confidence.tif and, for polygons such as fields, classes.gpkg with each polygon's class and top-k "
+            "probabilities."
+        ),
+        target="backend.skysense_jobs:run_classify",
+        params=_SKYSENSE_INPUTS + (
+            Param("polygons", "vector", "Polygons (e.g. fields) that each get one class and top-k probabilities",
+                  None),
+            Param("top_k", "int", "Classes listed per polygon", 3),
+            Param("confidence", "bool", "Also write confidence.tif (probability of the class)", True),
+        ),
+        group="SkySense",
+    )
+)
+
+register(
+    JobSpec(
+        name="prototypes",
+        title="Geo-prototype map (SkySense)",
+        help=(
+            "Assigns every cell's fused feature to the most similar geo-context prototype of its region (SkySense "
+            "Fig. 5); writes prototypes.tif (paletted index), prototype_similarity.tif (cosine similarity) and "
+            "prototypes.json (palette, nearest class per prototype). Optionally learns the prototypes on the "
+            "area first (Sinkhorn-Knopp assignment, EMA update) and saves the model."
+        ),
+        target="backend.skysense_jobs:run_prototypes",
+        params=_SKYSENSE_INPUTS + (
+            Param("learn", "choice", "Learn the prototypes on the area before mapping", "none",
+                  choices=("none", "prototypes")),
+            Param("epochs", "int", "Passes over the area's tiles when learning", 5),
+            Param("save_model", "output_folder", "Folder the model (with learned prototypes) is saved into", None),
+        ),
+        group="SkySense",
     )
 )

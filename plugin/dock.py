@@ -52,7 +52,7 @@ AREA_MODES = (
     ("layer", "Polygons of a layer"),
 )
 #: The jobs the dock offers; each later capability adds its job here.
-DOCK_TASKS = ("segment", "train", "inspect")
+DOCK_TASKS = ("segment", "train", "classify", "prototypes", "inspect")
 #: Parameters the dock fills from its own widgets; every other one gets a widget in the options form.
 DOCK_SUPPLIED = ("image", "aoi", "labels")
 #: (key, label) of the torch builds Set up backend can install.
@@ -99,8 +99,8 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         for key, label in AREA_MODES:
             self.areaModeCombo.addItem(label, key)
         for name in DOCK_TASKS:
-            spec = jobs.JOBS[name]
-            self.taskCombo.addItem(spec.title, name)
+            if name in jobs.JOBS:  # a job this backend version lacks is not offered
+                self.taskCombo.addItem(jobs.JOBS[name].title, name)
         self.pythonWidget.setStorageMode(QgsFileWidget.GetFile)
         self.pythonWidget.setFilePath(settings.python_path)
         for key, label in TORCH_BUILD_CHOICES:
@@ -228,17 +228,18 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
 
     def job_params(self, job: str) -> Dict[str, Any]:
         """The job's parameters from the dock's widgets; raises AreaError with a user message."""
-        if not any(param.name == "image" for param in jobs.JOBS[job].params):
-            return {}  # the diagnostics jobs take no raster and use their defaults
-        layer = self.rasterCombo.currentLayer()
-        if not isinstance(layer, QgsRasterLayer):
-            raise AreaError("Choose a raster layer first")
         spec = jobs.JOBS[job]
         names = {p.name for p in spec.params}
-        area = self.current_area()
-        params: Dict[str, Any] = {"image": layer.source()}
-        if area is not None and "aoi" in names:
-            params["aoi"] = area.write()
+        params: Dict[str, Any] = {}
+        if "image" in names:
+            layer = self.rasterCombo.currentLayer()
+            if not isinstance(layer, QgsRasterLayer):
+                raise AreaError("Choose a raster layer first")
+            params["image"] = layer.source()
+        if "aoi" in names:
+            area = self.current_area()
+            if area is not None:
+                params["aoi"] = area.write()
         if "labels" in names:
             labels = self.labels_panel.labels
             if labels is None:
@@ -246,8 +247,8 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             params["labels"] = labels.path
         if self.options_form is not None and self.options_form.spec.name == job:
             params.update(self.options_form.values())
-        for param in spec.params:  # an output folder left empty: a new one in the profile
-            if param.kind == "output_folder" and not params.get(param.name):
+        for param in spec.params:  # a required output folder left empty: a new one in the profile
+            if param.kind == "output_folder" and param.required and not params.get(param.name):
                 params[param.name] = run_folder(job)
         return params
 

@@ -1,28 +1,42 @@
-"""Outputs of a classification: a class raster (uint8, palette) and class polygons (GeoPackage).
+"""Output rasters of a classification, written window by window, and the temporary names they live
+under until the job is complete.
 
-Each output is written under a temporary name beside its final one and renamed when complete, so a
-cancelled or failed job never leaves a half-written file where a layer is expected.
+Every output of a job is written under a hidden temporary name beside its final one and renamed into
+place only once all outputs are complete (:class:`OutputFiles`), so a cancelled or failed job never
+leaves a half-written file where a layer is expected. Rasters are tiled (256 x 256), DEFLATE
+compressed and BigTIFF where needed, and written by windows: no full-size array is ever held.
 """
 
 from __future__ import annotations
 
+import html
 import json
 import os
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
+from types import TracebackType
 from typing import Any
 
 import numpy as np
-import pyogrio
 import rasterio
-import shapely
 from rasterio.crs import CRS
-from rasterio.features import shapes
 
 from .area import pixel_size_m
 
 CLASS_NODATA = 255
+#: Nodata of the float outputs (confidence, uncertainty), whose valid values lie in [0, 1].
+SCORE_NODATA = -1.0
+#: Block size of the output GeoTIFFs; windows are written in whole blocks of rows where possible.
+BLOCK_PX = 256
+#: Companion files GDAL or SQLite may leave beside a file.
+_COMPANIONS = (".aux.xml", "-wal", "-shm", "-journal")
+
+
+def _remove(path: Path) -> None:
+    for leftover in (path, *(Path(f"{path}{suffix}") for suffix in _COMPANIONS)):
+        if leftover.exists():
+            leftover.unlink()
 
 
 @contextmanager
@@ -37,49 +51,143 @@ def replaced_on_success(path: Path) -> Iterator[Path]:
         _remove(partial)
 
 
-def _remove(path: Path) -> None:
-    for leftover in (path, Path(f"{path}-wal"), Path(f"{path}-shm"), Path(f"{path}.aux.xml")):
-        if leftover.exists():
-            leftover.unlink()
+class OutputFiles:
+    """The outputs of one job in ``folder``: :meth:`partial` names a temporary file for each, and
+    :meth:`commit` renames them all into place (with their ``.aux.xml``). Leaving the ``with`` block
+    without a commit (an error, a cancel) removes every temporary file, and the folder if this job
+    created it and it is still empty."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = Path(folder)
+        self._partials: dict[Path, Path] = {}
+        self._created_folder = False
+
+    def __enter__(self) -> OutputFiles:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        self.discard()
+
+    def partial(self, name: str) -> Path:
+        """The temporary path of the output ``name`` (created parent folder, nothing left from before)."""
+        if not self.folder.exists():
+            self.folder.mkdir(parents=True)
+            self._created_folder = True
+        final = self.folder / name
+        partial = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
+        _remove(partial)
+        self._partials[final] = partial
+        return partial
+
+    def commit(self) -> list[Path]:
+        """Rename every temporary file to its final name; returns the final paths."""
+        for final, partial in self._partials.items():
+            aux = Path(f"{partial}.aux.xml")
+            if aux.exists():
+                os.replace(aux, f"{final}.aux.xml")
+            elif Path(f"{final}.aux.xml").exists():
+                Path(f"{final}.aux.xml").unlink()  # a stale one from an earlier run would describe other data
+            os.replace(partial, final)
+        finals = list(self._partials)
+        self._partials.clear()
+        return finals
+
+    def discard(self) -> None:
+        for partial in self._partials.values():
+            _remove(partial)
+        self._partials.clear()
+        if self._created_folder and self.folder.exists() and not any(self.folder.iterdir()):
+            self.folder.rmdir()
 
 
-def _rgb(colour: str) -> tuple[int, int, int, int]:
+def _profile(width: int, height: int, transform: rasterio.Affine, crs: CRS | None, dtype: str,
+             nodata: float) -> dict[str, Any]:
+    return {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": dtype, "crs": crs,
+            "transform": transform, "nodata": nodata, "compress": "deflate", "tiled": True,
+            "blockxsize": BLOCK_PX, "blockysize": BLOCK_PX, "BIGTIFF": "IF_SAFER"}
+
+
+def hex_rgba(colour: str) -> tuple[int, int, int, int]:
     return int(colour[1:3], 16), int(colour[3:5], 16), int(colour[5:7], 16), 255
+
+
+def open_class_raster(path: Path, width: int, height: int, transform: rasterio.Affine, crs: CRS | None,
+                      classes: Sequence[dict[str, Any]], provenance: dict[str, Any]) -> rasterio.io.DatasetWriter:
+    """An empty one-band uint8 GeoTIFF for class ids: nodata 255, a colour table, the class names as
+    tags and the provenance as a JSON tag. The caller writes windows and closes it."""
+    colormap = {i: (0, 0, 0, 0) for i in range(256)}
+    colormap.update({int(c["id"]): hex_rgba(c["colour"]) for c in classes})
+    dst = rasterio.open(path, "w", **_profile(width, height, transform, crs, "uint8", CLASS_NODATA))
+    dst.write_colormap(1, colormap)
+    dst.set_band_description(1, "class")
+    dst.update_tags(TERRAFUSE_PROVENANCE=json.dumps(provenance, default=str),
+                    **{f"CLASS_{int(c['id'])}": c["name"] for c in classes})
+    return dst
+
+
+def open_score_raster(path: Path, width: int, height: int, transform: rasterio.Affine, crs: CRS | None,
+                      description: str, provenance: dict[str, Any]) -> rasterio.io.DatasetWriter:
+    """An empty one-band float32 GeoTIFF for a per-pixel score in [0, 1], nodata -1."""
+    dst = rasterio.open(path, "w", **_profile(width, height, transform, crs, "float32", SCORE_NODATA))
+    dst.set_band_description(1, description)
+    dst.update_tags(TERRAFUSE_PROVENANCE=json.dumps(provenance, default=str))
+    return dst
 
 
 def write_class_raster(path: Path, class_ids: np.ndarray, transform: rasterio.Affine, crs: CRS | None,
                        classes: Sequence[dict[str, Any]], provenance: dict[str, Any]) -> Path:
-    """A one-band uint8 GeoTIFF of class ids, nodata 255, a colour table and the class names as tags."""
+    """A class raster from an array already in memory (small outputs), renamed into place when complete."""
     height, width = class_ids.shape
-    colormap = {i: (0, 0, 0, 0) for i in range(256)}
-    colormap.update({int(c["id"]): _rgb(c["colour"]) for c in classes})
-    profile = {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": "uint8", "crs": crs,
-               "transform": transform, "nodata": CLASS_NODATA, "compress": "deflate",
-               "tiled": width >= 256 and height >= 256}
-    with replaced_on_success(path) as partial, rasterio.open(partial, "w", **profile) as dst:
+    with replaced_on_success(path) as partial, \
+            open_class_raster(partial, width, height, transform, crs, classes, provenance) as dst:
         dst.write(class_ids.astype(np.uint8, copy=False), 1)
-        dst.write_colormap(1, colormap)
-        dst.set_band_description(1, "class")
-        dst.update_tags(TERRAFUSE_PROVENANCE=json.dumps(provenance),
-                        **{f"CLASS_{int(c['id'])}": c["name"] for c in classes})
     return path
 
 
-def class_polygons(class_ids: np.ndarray, transform: rasterio.Affine) -> tuple[list[shapely.Geometry], np.ndarray]:
-    """One polygon per connected region of a class (4-connected), and its class id."""
-    polygons, ids = [], []
-    for geometry, value in shapes(class_ids.astype(np.uint8, copy=False), mask=class_ids != CLASS_NODATA,
-                                  connectivity=4, transform=transform):
-        polygons.append(shapely.geometry.shape(geometry))
-        ids.append(int(value))
-    return polygons, np.asarray(ids, dtype=np.int32)
+#: GDAL's RAT field types and usages (gdal.h: GDALRATFieldType, GDALRATFieldUsage).
+_GFT_INTEGER, _GFT_STRING = 0, 2
+_GFU_GENERIC, _GFU_PIXEL_COUNT, _GFU_NAME, _GFU_MIN_MAX = 0, 1, 2, 5
+_GFU_RED, _GFU_GREEN, _GFU_BLUE, _GFU_ALPHA = 6, 7, 8, 9
 
 
-def area_m2(polygons: Sequence[shapely.Geometry], crs: CRS | None, transform: rasterio.Affine) -> np.ndarray:
+def attribute_table_xml(classes: Sequence[dict[str, Any]], pixel_counts: dict[int, int] | None = None) -> str:
+    """A GDAL PAM document (what GDAL writes to ``<raster>.aux.xml``) holding a thematic raster
+    attribute table for band 1: value, class name, pixel count and colour. rasterio has no RAT API;
+    GDAL and QGIS read the table from this file."""
+    fields = [("Value", _GFT_INTEGER, _GFU_MIN_MAX), ("class_name", _GFT_STRING, _GFU_NAME),
+              ("Count", _GFT_INTEGER, _GFU_PIXEL_COUNT), ("Red", _GFT_INTEGER, _GFU_RED),
+              ("Green", _GFT_INTEGER, _GFU_GREEN), ("Blue", _GFT_INTEGER, _GFU_BLUE),
+              ("Alpha", _GFT_INTEGER, _GFU_ALPHA)]
+    lines = ["<PAMDataset>", '  <PAMRasterBand band="1">', '    <GDALRasterAttributeTable tableType="thematic">']
+    for index, (name, kind, usage) in enumerate(fields):
+        lines.append(f'      <FieldDefn index="{index}"><Name>{name}</Name><Type>{kind}</Type>'
+                     f"<Usage>{usage}</Usage></FieldDefn>")
+    for row, cls in enumerate(sorted(classes, key=lambda c: int(c["id"]))):
+        red, green, blue, alpha = hex_rgba(cls["colour"])
+        count = (pixel_counts or {}).get(int(cls["id"]), 0)
+        values = [int(cls["id"]), html.escape(str(cls["name"]), quote=True), count, red, green, blue, alpha]
+        lines.append(f'      <Row index="{row}">' + "".join(f"<F>{v}</F>" for v in values) + "</Row>")
+    lines += ["    </GDALRasterAttributeTable>", "  </PAMRasterBand>", "</PAMDataset>", ""]
+    return "\n".join(lines)
+
+
+def write_attribute_table(raster_path: Path, classes: Sequence[dict[str, Any]],
+                          pixel_counts: dict[int, int] | None = None) -> Path:
+    """Write the class table as ``<raster_path>.aux.xml`` (after the raster is closed, so GDAL does
+    not overwrite it with its own PAM file)."""
+    aux = Path(f"{raster_path}.aux.xml")
+    aux.write_text(attribute_table_xml(classes, pixel_counts), encoding="utf-8")
+    return aux
+
+
+def area_m2(polygons: Sequence[Any], crs: CRS | None, transform: rasterio.Affine) -> np.ndarray:
     """Polygon areas in square metres (in a geographic CRS, at each polygon's latitude; without a CRS,
     in the raster's own units)."""
-    areas = shapely.area(np.asarray(polygons, dtype=object)).astype(np.float64) if polygons else np.zeros(0)
-    if crs is None or not polygons:
+    import shapely
+
+    areas = shapely.area(np.asarray(polygons, dtype=object)).astype(np.float64) if len(polygons) else np.zeros(0)
+    if crs is None or not len(polygons):
         return areas
     if crs.is_geographic:
         pixel_deg2 = abs(transform.a * transform.e)
@@ -91,19 +199,3 @@ def area_m2(polygons: Sequence[shapely.Geometry], crs: CRS | None, transform: ra
         return areas * np.asarray(factors)
     _, metres_per_unit = crs.linear_units_factor
     return areas * metres_per_unit**2
-
-
-def write_class_polygons(path: Path, class_ids: np.ndarray, transform: rasterio.Affine, crs: CRS | None,
-                         classes: Sequence[dict[str, Any]], provenance: dict[str, Any]) -> int:
-    """A GeoPackage layer "classes" with class_id, class_name and area_m2; returns the polygon count."""
-    polygons, ids = class_polygons(class_ids, transform)
-    names = {int(c["id"]): c["name"] for c in classes}
-    geometry = np.array(shapely.to_wkb(polygons), dtype=object) if polygons else np.array([], dtype=object)
-    field_data = [ids, np.array([names.get(int(i), "") for i in ids], dtype=object),
-                  area_m2(polygons, crs, transform)]
-    with replaced_on_success(path) as partial:
-        pyogrio.raw.write(str(partial), geometry, field_data=field_data, fields=["class_id", "class_name", "area_m2"],
-                          layer="classes", driver="GPKG", geometry_type="Polygon",
-                          crs=crs.to_wkt() if crs else None,
-                          layer_metadata={"TERRAFUSE_PROVENANCE": json.dumps(provenance)})
-    return len(polygons)

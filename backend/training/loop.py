@@ -1,11 +1,13 @@
 """The few-shot training loop on cached backbone features: AdamW, warm-up then cosine decay
-(SatDiFuser Sec. 4.2), class-balanced cross entropy that ignores unlabelled pixels."""
+(SatDiFuser Sec. 4.2), class-balanced cross entropy that ignores unlabelled pixels, and early stopping
+on the held-out labels' loss that keeps the best state."""
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 import torch
@@ -23,17 +25,33 @@ class TrainingSettings:
     weight_decay: float = 1e-2
     batch_size: int = 4
     warmup_epochs: int = 5  # Sec. 4.2; shortened to a fifth of the epochs when there are few
+    patience: int = 8  # epochs without a better hold-out loss before stopping; 0 never stops early
+    min_delta: float = 1e-4  # a hold-out loss must fall by more than this to count as better
     seed: int = 0
 
 
+@dataclass
+class TrainingHistory:
+    """Mean training loss and hold-out loss of each epoch run, the epoch whose state was kept, and
+    whether training stopped before the last epoch."""
+
+    losses: list[float] = field(default_factory=list)
+    validation_losses: list[float] = field(default_factory=list)
+    best_epoch: int = -1
+    stopped_early: bool = False
+
+
 def class_weights(targets: Sequence[np.ndarray], num_classes: int) -> Tensor:
-    """Inverse class frequency over the training pixels, scaled so that a balanced set weighs 1."""
+    """Inverse square root of each class's share of the training pixels, scaled to a mean of 1 over the
+    classes present. Softer than inverse frequency, which lets a class of a few dozen pixels dominate a
+    few-shot loss; a class without training pixels weighs 0."""
     counts = np.zeros(num_classes, dtype=np.float64)
     for target in targets:
         counts += np.bincount(target[target >= 0], minlength=num_classes)
     present = counts > 0
     weights = np.zeros(num_classes, dtype=np.float64)
-    weights[present] = counts[present].sum() / (present.sum() * counts[present])
+    weights[present] = 1.0 / np.sqrt(counts[present] / counts[present].sum())
+    weights[present] /= weights[present].mean()
     return torch.tensor(weights, dtype=torch.float32)
 
 
@@ -51,11 +69,15 @@ def _batch(features: Sequence[Sequence[Tensor]], indices: Sequence[int], device:
 
 def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targets: Sequence[np.ndarray],
                   settings: TrainingSettings, device: torch.device,
-                  on_epoch: Callable[[int, float], None] | None = None) -> list[float]:
-    """Train the fusion and head on per-tile cached features; returns the mean loss of each epoch.
+                  on_epoch: Callable[[int, float], None] | None = None,
+                  validation_targets: Sequence[np.ndarray] | None = None) -> TrainingHistory:
+    """Train the fusion and head on per-tile cached features.
 
     ``features[i]`` is tile i's extractor output (batch of one), ``targets[i]`` its (H, W) class indices
-    with :data:`IGNORE` where unlabelled. Tiles of one batch must share a size.
+    with :data:`IGNORE` where unlabelled. Tiles of one batch must share a size. With
+    ``validation_targets`` (the held-out labels' pixels), the hold-out loss is computed after each epoch;
+    after warm-up, ``settings.patience`` epochs without improvement stop training, and the model is left
+    in the state of its best hold-out loss. Without them, every epoch runs and the last state is kept.
     """
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -63,13 +85,17 @@ def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targe
     weights = class_weights(targets, model.head.num_classes).to(device)
     target_tensors = [torch.from_numpy(t) for t in targets]
     with_labels = [i for i, t in enumerate(targets) if (t >= 0).any()]
+    held_out = [i for i, t in enumerate(validation_targets or []) if (t >= 0).any()]
     steps_per_epoch = math.ceil(len(with_labels) / settings.batch_size)
     total_steps = settings.epochs * steps_per_epoch
-    warmup_steps = min(settings.warmup_epochs, settings.epochs // 5) * steps_per_epoch
+    warmup_epochs = min(settings.warmup_epochs, settings.epochs // 5)
+    warmup_steps = warmup_epochs * steps_per_epoch
     optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
-    losses = []
+    history = TrainingHistory()
+    best_loss, best_state, since_best = math.inf, None, 0
     for epoch in range(settings.epochs):
+        model.train()
         order = [with_labels[i] for i in torch.randperm(len(with_labels), generator=generator).tolist()]
         total = 0.0
         for start in range(0, len(order), settings.batch_size):
@@ -85,11 +111,43 @@ def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targe
             optimizer.step()
             scheduler.step()
             total += float(loss.detach()) * len(batch)
-        losses.append(total / len(order))
+        history.losses.append(total / len(order))
+        if held_out:
+            validation = hold_out_loss(model, features, validation_targets or [], held_out, weights, device)
+            history.validation_losses.append(validation)
+            if validation < best_loss - settings.min_delta:
+                best_loss, since_best, history.best_epoch = validation, 0, epoch
+                best_state = copy.deepcopy(model.state_dict())
+            elif epoch >= warmup_epochs:
+                since_best += 1
         if on_epoch is not None:
-            on_epoch(epoch, losses[-1])
+            on_epoch(epoch, history.losses[-1])
+        if held_out and settings.patience > 0 and since_best >= settings.patience:
+            history.stopped_early = epoch < settings.epochs - 1
+            break
+    if best_state is not None:
+        model.load_state_dict(best_state)
+    else:
+        history.best_epoch = len(history.losses) - 1
     model.eval()
-    return losses
+    return history
+
+
+@torch.no_grad()
+def hold_out_loss(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targets: Sequence[np.ndarray],
+                  tiles: Sequence[int], weights: Tensor, device: torch.device) -> float:
+    """The class-weighted cross entropy over the held-out pixels of ``tiles`` (a weighted mean over pixels,
+    as one batch would give)."""
+    model.eval()
+    loss_sum, weight_sum = 0.0, 0.0
+    for i in tiles:
+        target = torch.from_numpy(targets[i])[None].to(device)
+        logits = model.decode(_batch(features, [i], device), tuple(target.shape[-2:]))
+        per_px = F.cross_entropy(logits, target, weight=weights, ignore_index=IGNORE, reduction="sum")
+        keep = target >= 0
+        loss_sum += float(per_px)
+        weight_sum += float(weights[target[keep]].sum())
+    return loss_sum / weight_sum if weight_sum > 0 else math.inf
 
 
 @torch.no_grad()

@@ -1,78 +1,176 @@
-"""Training tiles around the labels: their pixels, which label covers each pixel, and the spatial
-hold-out of whole label features for validation."""
+"""Training tiles around the labels on a grid anchored to the raster, which label covers each pixel, and
+the spatial hold-out of whole labels for validation."""
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio
+import shapely
 from rasterio.windows import Window
 from torch import Tensor
 
 from ..errors import UserError
-from ..raster.bands import read_bands
+from ..raster.bands import BandNormalisation, percentile_normalisation, read_bands
 from ..raster.labels import NO_LABEL, LabelSet, rasterize_features
-from ..raster.tiles import tile_windows
 
 #: Fewer training pixels than this in a class cannot teach the head that class.
 MIN_CLASS_TRAIN_PX = 4
 #: Marks a pixel that the loss and the metrics ignore.
 IGNORE = -100
+#: Largest side, in pixels, of the decimated read that the band normalisation is computed on.
+NORMALISATION_READ_PX = 1024
 
 
 @dataclass
 class TileSample:
-    """One tile: raw bands (until its features are computed), the label feature under each pixel, and
-    the cached backbone features."""
+    """One grid tile: its bands (until its features are computed), every band's values for the per-pixel
+    baseline, the label feature under each pixel, and the backbone features."""
 
     window: Window
-    raw: np.ndarray | None  # (3, H, W) float32
+    raw: np.ndarray | None  # (3, H, W) float32, the backbone's bands
     valid: np.ndarray  # (H, W) bool
     feature_px: np.ndarray  # (H, W) int32, label feature index or NO_LABEL
+    train_cover: np.ndarray  # (H, W) bool, covered by a training label (never a validation pixel)
+    band_values: np.ndarray | None = None  # (bands, H, W) float32, all bands of the raster
     features: list[Tensor] = field(default_factory=list)
 
-    def targets(self, labels: LabelSet, use: np.ndarray) -> np.ndarray:
-        """(H, W) int64 class indices where a feature selected by ``use`` lies, :data:`IGNORE` elsewhere."""
+    def targets(self, labels: LabelSet, use: np.ndarray, exclude_training: bool = False) -> np.ndarray:
+        """(H, W) int64 class indices where a feature selected by ``use`` lies, :data:`IGNORE` elsewhere.
+        Validation targets (``exclude_training``) leave out every pixel a training label covers, even
+        where a held-out label overlaps it."""
         target = np.full(self.feature_px.shape, IGNORE, dtype=np.int64)
         labelled = (self.feature_px != NO_LABEL) & self.valid
         chosen = labelled.copy()
         chosen[labelled] = use[self.feature_px[labelled]]
+        if exclude_training:
+            chosen &= ~self.train_cover
         target[chosen] = labels.class_index[self.feature_px[chosen]]
         return target
 
 
-def label_tiles(src: rasterio.io.DatasetReader, labels: LabelSet, area: Window, tile_px: int,
-                bands: tuple[int, ...]) -> list[TileSample]:
-    """Tiles (no overlap) over the labels' window that hold at least one labelled valid pixel."""
+def grid_windows(area: Window, tile_px: int, raster_hw: tuple[int, int]) -> list[Window]:
+    """Tiles of a grid anchored at the raster's origin (``tile_px`` apart) that meet ``area``; the last
+    row and column are shifted inwards to stay inside the raster. The same tile always gets the same
+    window, whatever the labels, so its cached features are found again after a new label."""
+    height, width = raster_hw
+    tile_h, tile_w = min(tile_px, height), min(tile_px, width)
+    rows = range(int(area.row_off) // tile_px, math.ceil((area.row_off + area.height) / tile_px))
+    cols = range(int(area.col_off) // tile_px, math.ceil((area.col_off + area.width) / tile_px))
+    windows: list[Window] = []
+    for r in rows:
+        for c in cols:
+            window = Window(min(c * tile_px, width - tile_w), min(r * tile_px, height - tile_h), tile_w, tile_h)
+            if window not in windows:
+                windows.append(window)
+    return windows
+
+
+def label_tiles(src: rasterio.io.DatasetReader, labels: LabelSet, held_out: np.ndarray, area: Window,
+                tile_px: int, bands: tuple[int, ...]) -> list[TileSample]:
+    """Grid tiles over the labels' window that hold at least one labelled valid pixel."""
+    training = labels.subset(~held_out)
     samples = []
-    for window in tile_windows(area, tile_px, 0, (src.height, src.width)):
+    for window in grid_windows(area, tile_px, (src.height, src.width)):
         feature_px = rasterize_features(labels, window, src.transform)
         if not (feature_px != NO_LABEL).any():
             continue
         raw, valid = read_bands(src, window, bands)
         if ((feature_px != NO_LABEL) & valid).any():
-            samples.append(TileSample(window, raw, valid, feature_px))
+            train_cover = rasterize_features(training, window, src.transform) != NO_LABEL
+            band_values, _ = read_all_bands(src, window)
+            samples.append(TileSample(window, raw, valid, feature_px, train_cover, band_values))
     if not samples:
         raise UserError("Every labelled pixel is nodata in the raster; draw labels over valid pixels")
     return samples
 
 
-def hold_out_features(labels: LabelSet, fraction: float, seed: int) -> np.ndarray:
-    """Validation features: in each class with two features or more, ``fraction`` of them (at least one,
-    never all), drawn at random. Whole features are held out, so validation pixels are never
-    neighbours of training pixels of the same drawn shape."""
+def read_all_bands(src: rasterio.io.DatasetReader, window: Window) -> tuple[np.ndarray, np.ndarray]:
+    """Every band of ``window`` as float32 (bands, H, W) and its valid mask (what the per-pixel baseline sees)."""
+    data = src.read(window=window, masked=True)
+    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    values = np.asarray(data.filled(0), dtype=np.float32)
+    valid &= np.isfinite(values).all(axis=0)
+    values[:, ~valid] = 0.0
+    return values, valid
+
+
+def raster_normalisation(src: rasterio.io.DatasetReader, bands: tuple[int, ...], seed: int) -> BandNormalisation:
+    """Percentiles of the bands over the whole raster (a decimated read), not over the labelled tiles:
+    the normalisation, and so every tile's cached features, must not change when a label is added."""
+    scale = max(1.0, max(src.height, src.width) / NORMALISATION_READ_PX)
+    shape = (len(bands), max(1, round(src.height / scale)), max(1, round(src.width / scale)))
+    data = src.read(list(bands), out_shape=shape, masked=True)
+    valid = ~np.ma.getmaskarray(data).any(axis=0)
+    values = np.asarray(data.filled(0), dtype=np.float32)
+    valid &= np.isfinite(values).all(axis=0)
+    return percentile_normalisation([(values, valid)], bands, seed)
+
+
+@dataclass(frozen=True)
+class HoldOut:
+    """Which labels are held out for validation, and which classes can be validated at all."""
+
+    held_out: np.ndarray  # (features,) bool
+    validated: np.ndarray  # (classes,) bool
+    blocks: np.ndarray  # (features,) int, the spatial block of each label
+
+    def message(self, class_names: list[str]) -> str | None:
+        """Why some classes (or all) have no validation figures, or None when every class is validated."""
+        missing = [f"'{n}'" for n, v in zip(class_names, self.validated) if not v]
+        if not missing:
+            return None
+        if len(missing) == len(class_names):
+            return ("Not validated: no class has two labels, so none can be held out. Draw a second label of "
+                    "each class, away from the first")
+        return (f"Not validated for {', '.join(missing)}: a class needs two labels or more for one to be held "
+                "out. Draw another label of these classes, away from the first")
+
+
+def spatial_hold_out(labels: LabelSet, transform: rasterio.Affine, block_px: int, fraction: float,
+                     seed: int) -> HoldOut:
+    """Hold out whole labels, in spatial blocks: labels are grouped by the ``block_px`` grid cell of the
+    raster their representative point falls in, and in each class with labels in two blocks or more
+    ``fraction`` of its blocks (at least one, never all) are held out with all of that class's labels in
+    them; a class whose labels all share one block holds out whole labels instead. Held-out pixels are
+    then never pixels of a training label, and rarely its neighbours. A class with one label is not
+    validated."""
     rng = np.random.default_rng(seed)
-    held_out = np.zeros(len(labels.geometries), dtype=bool)
+    count = len(labels.geometries)
+    inverse = ~transform
+    blocks = np.zeros(count, dtype=np.int64)
+    for i, geometry in enumerate(labels.geometries):
+        point = shapely.geometry.shape(geometry).representative_point()
+        col, row = inverse @ (point.x, point.y)
+        blocks[i] = int(math.floor(row / block_px)) * 1_000_003 + int(math.floor(col / block_px))
+    held_out = np.zeros(count, dtype=bool)
+    validated = np.zeros(len(labels.classes), dtype=bool)
     if fraction <= 0:
-        return held_out
+        return HoldOut(held_out, validated, blocks)
     for k in range(len(labels.classes)):
         members = np.flatnonzero(labels.class_index == k)
         if len(members) < 2:
             continue
-        count = min(len(members) - 1, max(1, round(fraction * len(members))))
-        held_out[rng.choice(members, count, replace=False)] = True
-    return held_out
+        validated[k] = True
+        units = [members[blocks[members] == b] for b in np.unique(blocks[members])]
+        if len(units) < 2:
+            units = [np.array([m]) for m in members]
+        chosen = rng.choice(len(units), min(len(units) - 1, max(1, round(fraction * len(units)))), replace=False)
+        for unit in chosen:
+            held_out[units[unit]] = True
+    return HoldOut(held_out, validated, blocks)
+
+
+def check_labels(labels: LabelSet, min_labels: int) -> None:
+    """Refuse label sets no head can be trained on, with a message that says what to draw."""
+    if len(labels.classes) < 2:
+        raise UserError(f"Training needs labels of at least two classes; the labels layer has only "
+                        f"'{labels.classes[0].name}'. Draw labels of another class")
+    if len(labels.geometries) < min_labels:
+        raise UserError(f"Training needs at least {min_labels} labels; the labels layer has "
+                        f"{len(labels.geometries)}. Draw more labels")
 
 
 def check_training_pixels(labels: LabelSet, train_targets: list[np.ndarray]) -> np.ndarray:

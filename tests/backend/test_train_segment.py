@@ -70,7 +70,8 @@ def trained(backbone_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> dic
     messages: list[tuple[int, int, str]] = []
     labels = write_labels(folder / "labels.gpkg", LABELS, extra={"colour": ["#0000ff"] * 2 + [""] * 4})
     result = run_job("train", {"image": str(SAMPLE_SCENE), "labels": str(labels), "backbone": str(backbone_dir),
-                               "out": str(folder / "head"), "fusion": "global", **FAST},
+                               "out": str(folder / "head"), "fusion": "global", "cache_dir": str(folder / "cache"),
+                               "preview": False, **FAST},
                      Progress(lambda d, t, m: messages.append((d, t, m)), min_interval_s=0))
     return {"head": folder / "head", "result": result, "messages": messages}
 
@@ -89,16 +90,21 @@ def test_train_saves_the_head_with_its_metrics(trained: dict[str, Any], backbone
     assert config["tile_px"] == 128
     assert config["created"]
     metrics = trained["result"]["metrics"]
-    assert config["metrics"] == metrics
-    validation = metrics["validation"]
-    assert metrics["validation_features"] == 2  # one water and one marsh polygon held out
-    assert validation["per_class"]["field"]["support_px"] == 0  # a single polygon is never held out
-    assert validation["per_class"]["water"]["support_px"] > 0
-    assert validation["per_class"]["marsh"]["support_px"] > 0
-    assert 0.0 <= validation["miou"] <= 1.0
-    assert sum(map(sum, validation["confusion_matrix"])) == validation["pixels"]
+    assert config["metrics"] == {**metrics, "baseline": trained["result"]["baseline"]}
+    assert metrics["validated"] is True
+    assert metrics["held_out_labels"] == 2  # one water and one marsh polygon held out
+    per_class = {c["class_name"]: c for c in metrics["per_class"]}
+    assert per_class["field"]["support_px"] == 0  # a single polygon is never held out
+    assert per_class["field"]["f1"] is None
+    assert not per_class["field"]["validated"]
+    assert "'field'" in metrics["message"]
+    assert per_class["water"]["support_px"] > 0
+    assert per_class["marsh"]["support_px"] > 0
+    assert 0.0 <= metrics["miou"] <= 1.0
+    assert metrics["confusion_matrix"]["classes"] == ["field", "marsh", "water"]
+    assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == metrics["pixels"]
     for name in ("precision", "recall", "f1", "iou"):
-        assert name in validation["per_class"]["water"]
+        assert name in per_class["water"]
     # The head learns its training pixels, even on random backbone features.
     assert metrics["training"]["overall_accuracy"] > 0.8
     assert trained["result"]["losses"][-1] < trained["result"]["losses"][0]
@@ -107,7 +113,8 @@ def test_train_saves_the_head_with_its_metrics(trained: dict[str, Any], backbone
 def test_train_reports_features_then_epochs(trained: dict[str, Any]) -> None:
     messages = [m for _, _, m in trained["messages"]]
     assert any(m.startswith("backbone features, tile 1 of") for m in messages)
-    assert any(m.startswith("epoch 15 of 15") for m in messages)
+    epochs_run = len(trained["result"]["losses"])  # early stopping may end before the 15th
+    assert any(m.startswith(f"epoch {epochs_run} of 15") for m in messages)
     done, total, _ = trained["messages"][-1]
     assert done == total
 
@@ -126,7 +133,9 @@ def segmented(trained: dict[str, Any], tmp_path_factory: pytest.TempPathFactory)
 
 def test_segment_writes_a_class_raster_limited_to_the_area(segmented: dict[str, Any]) -> None:
     out = segmented["out"]
-    assert sorted(p.name for p in out.iterdir()) == ["classes.gpkg", "classes.tif"]  # no partial files
+    assert sorted(p.name for p in out.iterdir()) == [  # no partial files
+        "classes.gpkg", "classes.qml", "classes.tif", "classes.tif.aux.xml", "classes_polygons.qml", "confidence.qml",
+        "confidence.tif"]
     with rasterio.open(out / "classes.tif") as dst, rasterio.open(SAMPLE_SCENE) as src:
         assert dst.dtypes == ("uint8",)
         assert dst.nodata == 255
@@ -150,9 +159,10 @@ def test_segment_writes_a_class_raster_limited_to_the_area(segmented: dict[str, 
 def test_segment_writes_class_polygons(segmented: dict[str, Any]) -> None:
     path = segmented["out"] / "classes.gpkg"
     info = pyogrio.read_info(str(path))
-    assert list(info["fields"]) == ["class_id", "class_name", "area_m2"]
+    assert list(info["fields"]) == ["class_id", "class_name", "area_m2", "mean_confidence"]
     assert info["crs"] == "EPSG:32618"
-    _, _, _, (ids, names, areas) = pyogrio.raw.read(str(path))
+    _, _, _, (ids, names, areas, confidences) = pyogrio.raw.read(str(path))
+    assert ((confidences > 0) & (confidences <= 1)).all()
     assert set(ids) <= {1, 2, 3}
     assert {(i, n) for i, n in zip(ids, names)} <= {(1, "field"), (2, "marsh"), (3, "water")}
     classified_px = sum(segmented["result"]["class_px"].values())
@@ -233,7 +243,7 @@ def test_nodata_pixels_stay_nodata(trained: dict[str, Any], tmp_path: Path) -> N
 
 def _train_params(tmp_path: Path, labels: Path, backbone: Path) -> dict[str, Any]:
     return {"image": str(SAMPLE_SCENE), "labels": str(labels), "backbone": str(backbone),
-            "out": str(tmp_path / "head"), **FAST}
+            "out": str(tmp_path / "head"), "cache_dir": str(tmp_path / "cache"), "preview": False, **FAST}
 
 
 def test_labels_of_one_class_are_refused(tmp_path: Path, backbone_dir: Path) -> None:
@@ -337,7 +347,7 @@ def test_command_line_trains_and_segments_the_whole_scene(fusion: str, tmp_path:
     trained = backend("train", "--image", str(SAMPLE_SCENE), "--labels", str(labels), "--backbone",
                       str(backbone_dir), "--out", str(tmp_path / "head"), "--fusion", fusion, "--tile-px", "128",
                       "--epochs", "10", "--bands", "3,2,1")
-    assert trained["metrics"]["validation"]["miou"] is not None
+    assert trained["metrics"]["miou"] is not None
     result = backend("segment", "--image", str(SAMPLE_SCENE), "--model", str(tmp_path / "head"), "--out",
                      str(tmp_path / "out"))
     assert (result["width"], result["height"]) == (640, 640)

@@ -1,0 +1,365 @@
+"""Multi-modal inputs on one grid: a high-resolution image, a Sentinel-2 and a Sentinel-1 time series, each
+optional, resampled by GDAL's warper onto a common grid so that one tile of the grid is one SkySense sample.
+
+The grid has ``grid_gsd_m`` metre cells in the CRS of the first input (in the order hr, s2, s1; a UTM zone
+when that CRS is geographic) and covers the area of interest, or the intersection of the inputs' extents.
+The Sentinel series are read on the grid itself; the high-resolution image on the same grid refined by an
+integer factor (its own resolution, at most :data:`MAX_HR_FACTOR`), so that its encoder sees detail. Every
+read goes through a :class:`rasterio.vrt.WarpedVRT` (bilinear for imagery) and one window at a time: memory
+does not grow with the area.
+
+Bands are normalised per band to ``2 (x - p2) / (p98 - p2) - 1`` with the 2nd and 98th percentiles over the
+area (all dates of a series pooled), and the values used are returned for the provenance.
+"""
+
+from __future__ import annotations
+
+import datetime
+import math
+from collections.abc import Sequence
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rasterio
+from rasterio.crs import CRS
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+from rasterio.warp import transform, transform_bounds
+from rasterio.windows import Window
+
+from ..errors import UserError
+from ..models.skysense.band_mapping import default_band_mapping
+from ..models.skysense.dates import acquisition_date, day_of_year
+from .area import AreaOfInterest, pixel_size_m
+from .inspect import open_raster
+
+#: The largest refinement of the grid for the high-resolution image (e.g. 10 m grid -> 1.25 m image).
+MAX_HR_FACTOR = 8
+#: Longest side of the decimated read that the normalisation percentiles are computed from.
+STATS_SIDE_PX = 256
+PERCENTILES = (2.0, 98.0)
+MODALITY_NAMES = {"hr": "high-resolution", "s2": "Sentinel-2", "s1": "Sentinel-1"}
+
+
+@dataclass(frozen=True)
+class ModalityInputs:
+    """One modality: its rasters (one for hr, one per date for a series), their dates and 1-based bands."""
+
+    name: str  # "hr", "s2" or "s1"
+    paths: tuple[str, ...]
+    dates: tuple[datetime.date | None, ...]
+    bands: tuple[int, ...]
+    date_sources: tuple[str, ...] = ()  # "given", "metadata", "filename" or "" per raster
+
+    @property
+    def temporal(self) -> bool:
+        return self.name != "hr"
+
+    @property
+    def days_of_year(self) -> list[int]:
+        """Indices of P_DTPE (eq. 2), one per raster; 1 for an undated high-resolution image is never used."""
+        return [day_of_year(d) if d is not None else 1 for d in self.dates]
+
+    def describe(self) -> dict[str, Any]:
+        return {"paths": list(self.paths), "dates": [d.isoformat() if d else None for d in self.dates],
+                "date_sources": list(self.date_sources), "bands": list(self.bands)}
+
+
+def split_list(text: str | None) -> list[str]:
+    """``"a.tif, b.tif"`` -> ``["a.tif", "b.tif"]``; None or blank -> []."""
+    return [part.strip() for part in (text or "").split(",") if part.strip()]
+
+
+def _parse_dates(text: str | None, count: int, label: str) -> list[datetime.date] | None:
+    given = split_list(text)
+    if not given:
+        return None
+    if len(given) != count:
+        raise UserError(f"{label}: {len(given)} dates for {count} rasters; give one date (YYYY-MM-DD) per raster")
+    try:
+        return [datetime.date.fromisoformat(d) for d in given]
+    except ValueError as exc:
+        raise UserError(f"{label}: a date is not YYYY-MM-DD ({exc})") from None
+
+
+def _parse_bands(text: str | None, count: int, wanted: Sequence[str], label: str, path: str) -> list[int] | None:
+    given = split_list(text)
+    if not given:
+        return None
+    try:
+        bands = [int(b) for b in given]
+    except ValueError:
+        raise UserError(f"{label}: bands must be 1-based band numbers, got {text!r}") from None
+    if len(bands) != len(wanted):
+        raise UserError(f"{label}: {len(bands)} bands given; the model reads {len(wanted)} ({', '.join(wanted)})")
+    bad = [b for b in bands if not 1 <= b <= count]
+    if bad:
+        raise UserError(f"{label}: '{path}' has {count} bands, so band {bad[0]} does not exist")
+    return bands
+
+
+def modality_inputs(name: str, paths: Sequence[str], wanted_bands: Sequence[str], dates: str | None = None,
+                    bands: str | None = None) -> ModalityInputs:
+    """Check one modality's rasters and find their dates and bands.
+
+    Dates: ``dates`` (comma-separated YYYY-MM-DD, one per raster), else each raster's metadata tags, else its
+    file name; a series raster without any is refused, naming it. Bands: ``bands`` (1-based), else the band
+    descriptions (or colour interpretations) matched to ``wanted_bands``; every raster of a series must
+    have the same bands. A raster without CRS is refused.
+    """
+    label = MODALITY_NAMES[name]
+    if name == "hr" and len(paths) > 1:
+        raise UserError("Give one high-resolution image (a series is read for Sentinel-2 and Sentinel-1 only)")
+    explicit = _parse_dates(dates, len(paths), label)
+    found_dates: list[datetime.date | None] = []
+    sources: list[str] = []
+    mapping: list[int] | None = None
+    for index, path in enumerate(paths):
+        with open_raster(path) as src:
+            if src.crs is None:
+                raise UserError(f"The {label} raster '{path}' has no CRS; assign one so it can be placed on the grid")
+            own = _parse_bands(bands, src.count, wanted_bands, label, path)
+            if own is None:
+                # For the optical image the colour interpretation names red, green and blue most surely
+                # (a description such as "B04 red" names a Sentinel-2 band, not the colour).
+                colours = [ci.name if ci.name in ("red", "green", "blue") else None for ci in src.colorinterp]
+                if name == "hr" and {"red", "green", "blue"} <= set(colours):
+                    descriptions = colours
+                else:
+                    descriptions = [d or c for d, c in zip(src.descriptions, colours)]
+                try:
+                    own = default_band_mapping(descriptions, wanted_bands, label)
+                except UserError as exc:
+                    raise UserError(f"'{path}': {exc}") from None
+            if mapping is not None and own != mapping:
+                raise UserError(f"The {label} rasters hold their bands in different orders ('{path}' differs from "
+                                f"'{paths[0]}'); give the bands explicitly or make them alike")
+            mapping = own
+            if explicit is not None:
+                found_dates.append(explicit[index])
+                sources.append("given")
+            else:
+                date, source = acquisition_date(path, src.tags())
+                if date is None and name != "hr":
+                    raise UserError(f"No acquisition date for the {label} raster '{path}': none in its metadata or "
+                                    "file name; enter the dates (YYYY-MM-DD, one per raster)")
+                found_dates.append(date)
+                sources.append(source)
+    return ModalityInputs(name, tuple(paths), tuple(found_dates), tuple(mapping or ()), tuple(sources))
+
+
+@dataclass(frozen=True)
+class GridSpec:
+    """The common grid: ``width`` x ``height`` cells of ``gsd_m`` metres from ``transform`` in ``crs``."""
+
+    crs: CRS
+    transform: rasterio.Affine
+    width: int
+    height: int
+    gsd_m: float
+
+    @property
+    def bounds(self) -> tuple[float, float, float, float]:
+        return rasterio.transform.array_bounds(self.height, self.width, self.transform)[:4]
+
+    def lonlat(self, window: Window) -> tuple[float, float]:
+        """Longitude and latitude (degrees) of a window's centre: the location that picks the region."""
+        x, y = self.transform @ (window.col_off + window.width / 2, window.row_off + window.height / 2)
+        lon, lat = transform(self.crs, CRS.from_epsg(4326), [x], [y])
+        return float(lon[0]), float(lat[0])
+
+
+def utm_crs(lon: float, lat: float) -> CRS:
+    """The WGS 84 UTM zone of a point."""
+    zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
+
+
+def _fmt(bounds: Sequence[float]) -> str:
+    return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
+
+
+def common_grid(modalities: Sequence[ModalityInputs], area: AreaOfInterest | None, gsd_m: float) -> GridSpec:
+    """The grid over ``area`` (else the intersection of all inputs' extents) at ``gsd_m`` metres; inputs that
+    do not overlap, or an area outside them, are user errors."""
+    if gsd_m <= 0:
+        raise UserError(f"The grid's cell size must be positive, got {gsd_m} m")
+    paths = [p for m in modalities for p in m.paths]
+    extents: list[tuple[str, CRS, tuple[float, float, float, float]]] = []
+    for path in paths:
+        with open_raster(path) as src:
+            extents.append((path, src.crs, tuple(src.bounds)))
+    crs = extents[0][1]
+    if crs.is_geographic:
+        west, south, east, north = transform_bounds(crs, CRS.from_epsg(4326), *extents[0][2])
+        crs = utm_crs((west + east) / 2, (south + north) / 2)
+    _, metres_per_unit = crs.linear_units_factor
+    step = gsd_m / metres_per_unit
+    left, bottom, right, top = -math.inf, -math.inf, math.inf, math.inf
+    for _path, src_crs, bounds in extents:
+        b = transform_bounds(src_crs, crs, *bounds, densify_pts=21)
+        left, bottom, right, top = max(left, b[0]), max(bottom, b[1]), min(right, b[2]), min(top, b[3])
+        if left >= right or bottom >= top:
+            listing = "; ".join(f"'{Path(p).name}' {_fmt(transform_bounds(c, crs, *bb))}" for p, c, bb in extents)
+            raise UserError(f"The inputs do not overlap (extents in {crs.to_string()}: {listing}); choose rasters "
+                            "of the same place")
+    if area is not None:
+        if area.crs is None:
+            raise UserError("The area has no CRS; save it with one (any CRS works, it is reprojected)")
+        a = area.to_crs(crs).bounds
+        inter = max(left, a[0]), max(bottom, a[1]), min(right, a[2]), min(top, a[3])
+        if inter[0] >= inter[2] or inter[1] >= inter[3]:
+            common = _fmt((left, bottom, right, top))
+            raise UserError(f"The area {_fmt(a)} lies outside the inputs' common extent {common} "
+                            f"(in {crs.to_string()})")
+        left, bottom, right, top = inter
+    # Snap to multiples of the cell size, so that grids of neighbouring runs line up.
+    x0, y1 = math.floor(left / step) * step, math.ceil(top / step) * step
+    width = max(1, math.ceil((right - x0) / step - 1e-9))
+    height = max(1, math.ceil((y1 - bottom) / step - 1e-9))
+    return GridSpec(crs, rasterio.Affine(step, 0.0, x0, 0.0, -step, y1), width, height, float(gsd_m))
+
+
+def hr_factor(hr: ModalityInputs, grid: GridSpec) -> int:
+    """How much finer than the grid the high-resolution image is read: its own resolution, 1..MAX_HR_FACTOR."""
+    with open_raster(hr.paths[0]) as src:
+        centre_y = (src.bounds.bottom + src.bounds.top) / 2
+        size = pixel_size_m(src.crs, src.transform, centre_y)
+    native_m = min(size) if size else grid.gsd_m
+    return int(min(MAX_HR_FACTOR, max(1, round(grid.gsd_m / native_m))))
+
+
+@dataclass
+class Normalisation:
+    """Per-band (low, high) of one modality: x' = 2 (x - low) / (high - low) - 1."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    def apply(self, x: np.ndarray) -> np.ndarray:
+        low, high = self.low.reshape(-1, 1, 1), self.high.reshape(-1, 1, 1)  # x: (..., C, H, W)
+        return (2.0 * (x - low) / np.maximum(high - low, 1e-6) - 1.0).astype(np.float32)
+
+    def to_json(self) -> dict[str, list[float]]:
+        return {"p2": [float(v) for v in self.low], "p98": [float(v) for v in self.high]}
+
+
+@dataclass
+class ModalityStack:
+    """A modality opened on the grid: one WarpedVRT per raster on the (refined) grid, padded to whole tiles."""
+
+    inputs: ModalityInputs
+    vrts: list[WarpedVRT]
+    factor: int
+    normalisation: Normalisation | None = None
+
+    def read(self, window: Window) -> tuple[np.ndarray, np.ndarray]:
+        """Values (T, C, h, w) float32 and validity (T, h, w) bool of a grid window (scaled by ``factor``)."""
+        f = self.factor
+        fine = Window(window.col_off * f, window.row_off * f, window.width * f, window.height * f)
+        values, valid = [], []
+        for vrt in self.vrts:
+            data = vrt.read(list(self.inputs.bands), window=fine, masked=True).astype(np.float32)
+            mask = ~np.ma.getmaskarray(data).any(axis=0) & np.isfinite(data.filled(0)).all(axis=0)
+            values.append(np.where(mask[None], data.filled(0), 0).astype(np.float32))
+            valid.append(mask)
+        return np.stack(values), np.stack(valid)
+
+
+@dataclass
+class InputStack:
+    """All given modalities on one grid (a context manager: it holds the rasters open)."""
+
+    grid: GridSpec
+    modalities: dict[str, ModalityStack]
+    tile_px: int
+    _exit: ExitStack = field(default_factory=ExitStack, repr=False)
+
+    def __enter__(self) -> InputStack:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._exit.close()
+
+    def compute_normalisation(self, area_mask: np.ndarray | None = None) -> None:
+        """2nd and 98th percentiles per band over the area, from a decimated read of every raster."""
+        for stack in self.modalities.values():
+            samples: list[np.ndarray] = []
+            for vrt in stack.vrts:
+                scale = max(1.0, max(self.grid.width, self.grid.height) * stack.factor / STATS_SIDE_PX)
+                shape = (max(1, round(self.grid.height * stack.factor / scale)),
+                         max(1, round(self.grid.width * stack.factor / scale)))
+                window = Window(0, 0, self.grid.width * stack.factor, self.grid.height * stack.factor)
+                data = vrt.read(list(stack.inputs.bands), window=window, out_shape=(len(stack.inputs.bands), *shape),
+                                masked=True, resampling=Resampling.nearest)
+                valid = ~np.ma.getmaskarray(data).any(axis=0)
+                samples.append(np.asarray(data.data, dtype=np.float64)[:, valid])
+            values = np.concatenate(samples, axis=1)
+            values = values[:, np.isfinite(values).all(axis=0)]
+            if values.shape[1] == 0:
+                raise UserError(f"The {MODALITY_NAMES[stack.inputs.name]} rasters hold no valid pixel in the area")
+            low, high = np.percentile(values, PERCENTILES, axis=1)
+            stack.normalisation = Normalisation(low.astype(np.float32), high.astype(np.float32))
+
+    def tiles(self) -> list[Window]:
+        """Windows of ``tile_px`` grid cells covering the grid, row by row (edge tiles reach into the padding)."""
+        return [Window(col, row, self.tile_px, self.tile_px)
+                for row in range(0, self.grid.height, self.tile_px) for col in range(0, self.grid.width, self.tile_px)]
+
+    def read_batch(self, windows: Sequence[Window]) -> tuple[dict[str, Any], np.ndarray]:
+        """Model inputs for tiles (numpy, normalised; ``lonlat``, ``{m}_doy``, ``{m}_valid`` for series) and
+        the validity of every grid cell (B, tile, tile): a cell any modality covers on any date."""
+        import torch
+
+        inputs: dict[str, Any] = {"lonlat": torch.tensor([self.grid.lonlat(w) for w in windows], dtype=torch.float64)}
+        cell_valid = np.zeros((len(windows), self.tile_px, self.tile_px), dtype=bool)
+        for name, stack in self.modalities.items():
+            reads = [stack.read(w) for w in windows]
+            values = np.stack([r[0] for r in reads])  # (B, T, C, H, W)
+            valid = np.stack([r[1] for r in reads])  # (B, T, H, W)
+            if stack.normalisation is not None:
+                values = np.stack([stack.normalisation.apply(v) for v in values])
+                values = np.where(valid[:, :, None], values, 0.0).astype(np.float32)
+            f = stack.factor
+            coarse = valid.reshape(*valid.shape[:2], self.tile_px, f, self.tile_px, f).any(axis=(3, 5))
+            cell_valid |= coarse.any(axis=1)
+            tensor = torch.from_numpy(np.ascontiguousarray(values))
+            if stack.inputs.temporal:
+                inputs[name] = tensor
+                inputs[f"{name}_doy"] = torch.tensor([stack.inputs.days_of_year] * len(windows))
+                inputs[f"{name}_valid"] = torch.from_numpy(valid.any(axis=(2, 3)))
+            else:
+                inputs[name] = tensor[:, 0]
+        return inputs, cell_valid
+
+
+def open_stack(modalities: Sequence[ModalityInputs], grid: GridSpec, tile_px: int) -> InputStack:
+    """Open every raster through a WarpedVRT on the grid (bilinear), padded to whole tiles."""
+    if not modalities:
+        raise UserError("Give at least one input: a high-resolution image, a Sentinel-2 or a Sentinel-1 series")
+    if tile_px < 1:
+        raise UserError(f"The tile size must be positive, got {tile_px}")
+    padded_w = math.ceil(grid.width / tile_px) * tile_px
+    padded_h = math.ceil(grid.height / tile_px) * tile_px
+    stack = InputStack(grid, {}, tile_px)
+    try:
+        for inputs in modalities:
+            factor = hr_factor(inputs, grid) if inputs.name == "hr" else 1
+            vrts = []
+            for path in inputs.paths:
+                src = stack._exit.enter_context(open_raster(path))
+                options: dict[str, Any] = {}
+                if src.nodata is None and all(m.name != "alpha" for m in src.colorinterp):
+                    # Without nodata or alpha the warper would fill outside the source with 0 and call it valid.
+                    options["add_alpha"] = True
+                vrts.append(stack._exit.enter_context(WarpedVRT(
+                    src, crs=grid.crs, transform=grid.transform @ rasterio.Affine.scale(1 / factor),
+                    width=padded_w * factor, height=padded_h * factor, resampling=Resampling.bilinear, **options)))
+            stack.modalities[inputs.name] = ModalityStack(inputs, vrts, factor)
+    except BaseException:
+        stack._exit.close()
+        raise
+    return stack

@@ -1,0 +1,163 @@
+"""Backbone features of training tiles, cached on disk so that retraining after a new label takes seconds.
+
+The backbone is by far the slowest part of training (a VAE encoding and K UNet calls per tile), while a
+head trains in seconds on features computed once. Each tile's features are stored as one safetensors
+file (float16: half the disk, and the fusion reads them back as float32) under a key that changes
+whenever the features would: the raster's identity (path, modification time, size), the tile's window,
+the backbone's sha256, the timesteps, blocks and levels, the bands and their normalisation. Tiles lie
+on a grid anchored to the raster (see :func:`backend.training.samples.grid_windows`), so a new label
+re-uses every tile already cached and only its own new tiles are computed.
+
+The folder is bounded in size: the least recently used tiles are evicted first. An index (JSON) keeps
+each entry's size and last access; entries are ordered from least to most recently used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from rasterio.windows import Window
+from torch import Tensor
+
+from ..hub.paths import cache_dir
+
+#: The folder under Terrafuse's cache dir that holds the tiles' features.
+FEATURES_SUBFOLDER = "features"
+INDEX_NAME = "index.json"
+#: Default size bound of the feature cache: a few hundred tiles of a 512 px backbone.
+DEFAULT_MAX_BYTES = 2 * 1024**3
+#: Bumped when the stored layout of features changes, so that old entries are never read.
+FEATURE_FORMAT_VERSION = 1
+STORED_DTYPE = torch.float16
+
+
+def raster_identity(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """What identifies a raster's pixels cheaply: its absolute path, modification time and size. A file
+    rewritten in place gets a new mtime, so its stale features are never read."""
+    resolved = Path(path).resolve()
+    stat = resolved.stat()
+    return {"path": str(resolved), "mtime_ns": stat.st_mtime_ns, "size": stat.st_size}
+
+
+def tile_key(raster: dict[str, Any], window: Window, feature_config: dict[str, Any]) -> str:
+    """The cache key of one tile: sha256 of the raster identity, the window and the feature configuration
+    (backbone sha256, timesteps, blocks, levels, bands, normalisation)."""
+    payload = {"format": FEATURE_FORMAT_VERSION, "raster": raster,
+               "window": [int(window.col_off), int(window.row_off), int(window.width), int(window.height)],
+               "features": feature_config}
+    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode("utf-8")).hexdigest()
+
+
+class FeatureCache:
+    """Tiles' feature lists on disk, keyed by :func:`tile_key`, with a size bound and LRU eviction.
+
+    Counters ``hits``, ``misses`` and ``evicted`` say what happened since the cache was opened.
+    Call :meth:`flush` at the end of a job to store the access order of the tiles read.
+    """
+
+    def __init__(self, folder: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
+        self.folder = Path(folder) if folder is not None else cache_dir() / FEATURES_SUBFOLDER
+        self.max_bytes = int(max_bytes)
+        self.folder.mkdir(parents=True, exist_ok=True)
+        self.hits = self.misses = self.evicted = 0
+        self._entries = self._read_index()
+        self._dirty = False
+
+    # -- index -------------------------------------------------------------------------------------
+    def _path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def _read_index(self) -> dict[str, dict[str, Any]]:
+        """The index, reconciled with the folder: entries whose file is gone are dropped, files the index
+        does not know (another process wrote them) are added as least recently used."""
+        try:
+            data = json.loads((self.folder / INDEX_NAME).read_text(encoding="utf-8"))
+            entries = {k: v for k, v in data.get("entries", {}).items() if isinstance(v, dict)}
+        except (OSError, ValueError, AttributeError):
+            entries = {}
+        present = {p.stem: p for p in self.folder.glob("*.safetensors")}
+        known = {k: v for k, v in entries.items() if k in present}
+        unknown = {k: {"bytes": p.stat().st_size, "last_access": p.stat().st_mtime}
+                   for k, p in present.items() if k not in known}
+        return {**unknown, **known}
+
+    def flush(self) -> None:
+        """Write the index (atomically: a crash leaves the previous one)."""
+        if not self._dirty:
+            return
+        partial = self.folder / f".{INDEX_NAME}.{os.getpid()}"
+        partial.write_text(json.dumps({"entries": self._entries}), encoding="utf-8")
+        os.replace(partial, self.folder / INDEX_NAME)
+        self._dirty = False
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(int(e["bytes"]) for e in self._entries.values())
+
+    def __contains__(self, key: str) -> bool:
+        return key in self._entries and self._path(key).is_file()
+
+    def __len__(self) -> int:
+        return len(self._entries)
+
+    def _touch(self, key: str, size: int) -> None:
+        self._entries.pop(key, None)
+        self._entries[key] = {"bytes": int(size), "last_access": time.time()}  # now the most recently used
+        self._dirty = True
+
+    # -- values ------------------------------------------------------------------------------------
+    def get(self, key: str) -> list[Tensor] | None:
+        """The tile's features as float32 tensors, or None (a miss; an unreadable file counts as one)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        path = self._path(key)
+        if key not in self._entries or not path.is_file():
+            self.misses += 1
+            return None
+        try:
+            stored = load_file(str(path))
+            tensors = [stored[str(i)].to(torch.float32) for i in range(len(stored))]
+        except (OSError, KeyError, SafetensorError):
+            self._remove(key)
+            self.misses += 1
+            return None
+        self.hits += 1
+        self._touch(key, path.stat().st_size)
+        return tensors
+
+    def put(self, key: str, tensors: Sequence[Tensor]) -> None:
+        """Store a tile's features (renamed into place when complete), then evict down to the bound."""
+        from safetensors.torch import save_file
+
+        path = self._path(key)
+        partial = self.folder / f".{key}.{os.getpid()}.partial"
+        state = {str(i): t.detach().to("cpu", STORED_DTYPE).contiguous() for i, t in enumerate(tensors)}
+        save_file(state, str(partial))
+        os.replace(partial, path)
+        self._touch(key, path.stat().st_size)
+        self.evict(keep=key)
+        self.flush()
+
+    def evict(self, keep: str | None = None) -> None:
+        """Remove the least recently used entries until the cache is within ``max_bytes``. ``keep`` (the
+        entry just written) goes last, only when it alone exceeds the bound."""
+        total = self.total_bytes
+        for key in [k for k in self._entries if k != keep] + ([keep] if keep in self._entries else []):
+            if total <= self.max_bytes:
+                break
+            total -= int(self._entries[key]["bytes"])
+            self._remove(key)
+            self.evicted += 1
+
+    def _remove(self, key: str) -> None:
+        self._entries.pop(key, None)
+        self._path(key).unlink(missing_ok=True)
+        self._dirty = True
