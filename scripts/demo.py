@@ -21,8 +21,8 @@ sys.path.insert(0, str(ROOT))
 
 from scripts.qgis_headless import HeadlessInterface, start_qgis  # noqa: E402
 
-STILL_TO_COME = ("land-cover segmentation with SatDiFuser, few-shot training from drawn labels, "
-                 "SkySense multi-modal classification and geo-prototype maps")
+STILL_TO_COME = ("in this demo, training a head on bundled sample labels, mapping the scene and the SkySense "
+                 "prototype map (the dock's Train, Segment and Prototypes tasks do them today)")
 # A polygon over the salt marsh and the fields west of it (WGS 84 / UTM zone 18N).
 DEMO_AREA_WKT = ("POLYGON((443900 4172900, 447300 4173300, 447900 4169900, 446200 4168200, "
                  "443700 4168900, 443900 4172900))")

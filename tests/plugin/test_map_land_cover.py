@@ -38,7 +38,6 @@ def run_and_wait(dock, qtbot):
     return blocker.args
 
 
-@pytest.mark.slow
 def test_label_train_and_map(plugin, iface, sample_layer, qtbot, tmp_path, tiny_backbone_folder) -> None:
     dock = plugin.dock
     plugin.action.trigger()
