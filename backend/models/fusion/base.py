@@ -9,6 +9,7 @@ per timestep t, as the paper's ``F^l_{t,s}``.
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -93,7 +94,7 @@ def norm_groups(chs: int, max_groups: int = 32, min_group_chs: int = 4) -> int:
     return next(g for g in range(most, 0, -1) if chs % g == 0)
 
 
-class FeatureFusion(nn.Module):
+class FeatureFusion(nn.Module, abc.ABC):
     """Base of the fusions: feature layout, output widths and the saved configuration."""
 
     name = ""
@@ -128,8 +129,9 @@ class FeatureFusion(nn.Module):
         if len(features) != len(self.feature_info):
             raise ValueError(f"expected {len(self.feature_info)} feature maps, got {len(features)}")
 
+    @abc.abstractmethod
     def forward(self, features: Sequence[Tensor]) -> FeaturePyramid:
-        raise NotImplementedError
+        """The fused pyramid, finest scale first (the paper's X_1..X_S)."""
 
 
 def stack_blocks(features: Sequence[Tensor], layout: ScaleLayout, t: int) -> list[Tensor]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import abc
 from collections.abc import Sequence
 from typing import Any
 
@@ -22,7 +23,7 @@ class ConvNormAct(nn.Sequential):
         )
 
 
-class Head(nn.Module):
+class Head(nn.Module, abc.ABC):
     """``forward(pyramid, image_hw)``: logits (B, classes, H, W) for segmentation, (B, classes) for
     classification."""
 
@@ -46,5 +47,6 @@ class Head(nn.Module):
         if len(pyramid) != len(self.in_chs):
             raise ValueError(f"expected a pyramid of {len(self.in_chs)} levels, got {len(pyramid)}")
 
+    @abc.abstractmethod
     def forward(self, pyramid: FeaturePyramid, image_hw: tuple[int, int]) -> Tensor:
-        raise NotImplementedError
+        """Logits at the image size (B, K, H, W), or (B, K) for a classification head."""
