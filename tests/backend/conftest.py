@@ -111,3 +111,22 @@ def tiny_backbone(tiny_backbone_dirs: dict[str, Path], tmp_path_factory: pytest.
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("TERRAFUSE_CACHE_DIR", str(tmp_path_factory.mktemp("tiny-backbone-cache")))
         return load_backbone(tiny_backbone_dirs["v_prediction"])
+
+
+@pytest.fixture
+def hub_settings(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh huggingface-hub cache; it read HF_ENDPOINT and HF_HOME at import, so both are patched."""
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+    def point_at(endpoint: str) -> None:
+        monkeypatch.setenv("HF_ENDPOINT", endpoint)
+        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
+        template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
+        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
+
+    return point_at

@@ -13,25 +13,6 @@ from backend.models.diffusion import load_backbone
 from tests.backend.hub.stand_in_hub import StandInHub
 
 
-@pytest.fixture
-def hub_settings(tmp_path, monkeypatch):
-    """Point huggingface-hub at a fresh cache; it read HF_ENDPOINT and HF_HOME at import, so patch both."""
-    from huggingface_hub import constants
-
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf-home"))
-    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "hf-home" / "hub"))
-    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
-    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
-
-    def point_at(endpoint: str) -> None:
-        monkeypatch.setenv("HF_ENDPOINT", endpoint)
-        monkeypatch.setattr(constants, "ENDPOINT", endpoint)
-        template = endpoint + "/{repo_id}/resolve/{revision}/{filename}"
-        monkeypatch.setattr(constants, "HUGGINGFACE_CO_URL_TEMPLATE", template)
-
-    return point_at
-
-
 def _served_copy(folder: Path, target: Path) -> Path:
     """The tiny backbone as a hub repository holds it, with files a backbone must not fetch."""
     shutil.copytree(folder, target, ignore=shutil.ignore_patterns(HASH_RECORD_NAME))
