@@ -1,19 +1,36 @@
-"""The ``segment`` job: a class map of an area with a trained head, streamed in blended tiles.
+"""The ``segment`` job: a class map of an area with a trained head, in blended tiles, in bounded memory.
 
 Tiles of the model's size overlap and are blended with weights that fall towards their edges
-(:mod:`.raster.tiles`); score sums are kept only for the rows that tiles still touch
-(:mod:`.raster.blending`) and finished rows go straight into tiled GeoTIFFs and into the polygoniser
-(:mod:`.raster.writers`, :mod:`.raster.polygons`), so memory does not grow with the area. Outputs in
-the chosen folder: ``classes.tif`` (+ RAT in ``classes.tif.aux.xml``, ``classes.qml``),
-``confidence.tif``, ``uncertainty.tif`` and ``classes.gpkg`` (+ ``classes_polygons.qml``), all
-renamed into place together when complete.
+(:mod:`.raster.tiles`). The tiles come from ONE grid anchored at the area, but are predicted chunk by
+chunk: the area is cut into output chunks of at most :data:`CHUNK_PX` square, aligned to the output's
+blocks (:mod:`.raster.chunks`); for each chunk in row-major order the tiles touching it are blended
+into score sums restricted to the chunk and kept only for the rows tiles still touch
+(:mod:`.raster.blending`), and finished rows go straight into tiled GeoTIFFs. So the scores held span
+one chunk's width, whatever the area's size. The cost: a tile straddling a chunk border is predicted
+once for each chunk it touches, about ``(1 + tile_px / CHUNK_PX) ** 2`` times the tiles (27 % more for
+512 px tiles in 4096 px chunks); an area within one chunk pays nothing. The model is only reached through a
+:class:`~.inference.predictor.TilePredictor` (in-process, or a Ray cluster with ``cluster``).
+
+With ``gsd_m`` the input is read through a WarpedVRT at the model's working resolution, predicted there
+and brought back to the raster's grid window by window (classes nearest, scores bilinear). Polygons
+(and the class counts) come last, from the finished class raster read back in strips
+(:mod:`.raster.polygons`).
+
+Outputs in the chosen folder: ``classes.tif`` (+ RAT in ``classes.tif.aux.xml``, ``classes.qml``),
+``confidence.tif``, ``uncertainty.tif`` and ``classes.gpkg`` (+ ``classes_polygons.qml``), all written
+under temporary names and renamed into place together when complete. A journal beside them
+(:mod:`.raster.journal`) records the chunks written, so a run after a killed one skips them; a cancel or
+an error removes everything.
 """
 
 from __future__ import annotations
 
 import datetime
+import json
 import math
 import time
+from collections import deque
+from collections.abc import Iterator
 from contextlib import ExitStack
 from importlib import metadata
 from pathlib import Path
@@ -22,17 +39,24 @@ from typing import Any
 import numpy as np
 import rasterio
 import torch
+from rasterio.enums import Resampling
 from rasterio.features import geometry_mask
+from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
 from . import __version__
 from .errors import UserError
+from .inference.predictor import TilePredictor, make_predictor
+from .inference.tile_model import TileModelSpec, model_sha256
 from .progress import Progress
-from .raster.area import AreaOfInterest, area_window, read_area
+from .raster.area import AreaOfInterest, area_window, covering_window, read_area
 from .raster.bands import BandNormalisation, parse_bands, read_bands
 from .raster.blending import ScoreStrip, StripAccumulator, finished_row
+from .raster.chunks import chunk_windows, strip_windows, tiles_touching
 from .raster.inspect import open_raster
+from .raster.journal import JOURNAL_NAME, Journal, fingerprint, input_facts
 from .raster.polygons import PolygonLayerWriter, StripPolygonizer
+from .raster.resample import WorkingGrid, working_grid
 from .raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml, write_style
 from .raster.tiles import blend_weights, tile_windows
 from .raster.writers import (
@@ -56,26 +80,15 @@ UNCERTAINTY_STYLE_NAME = "uncertainty.qml"
 #: GDAL's block cache while writing (MB): the outputs are written block-row by block-row, so a small
 #: cache suffices and the process's memory does not grow with the raster.
 GDAL_CACHE_MB = 64
-
-
-def _load_model(params: dict[str, Any], device: torch.device):
-    """The head with its backbone attached (the backbone from the process's cache), the backbone and
-    the head's sha256."""
-    from .hub.checksums import file_sha256
-    from .models.cache import BACKBONES
-    from .models.segmenter import HEAD_WEIGHTS_NAME, SatDiFuser, read_config
-
-    config = read_config(params["model"])
-    source = params["backbone"] or config.backbone.get("source") or config.backbone.get("name")
-    if not source:
-        raise UserError(f"The head {params['model']} records no backbone; pass one with --backbone")
-    try:
-        backbone = BACKBONES.get(source, device)
-    except UserError as exc:
-        raise UserError(f"Cannot load the backbone of this head ({exc}); pass its folder with --backbone") from None
-    model = SatDiFuser.from_pretrained(params["model"], backbone=backbone)
-    head_sha256 = file_sha256(Path(params["model"]) / HEAD_WEIGHTS_NAME)
-    return model.to(device), backbone, head_sha256
+#: Side of the output chunks (px, a multiple of the output's block size): the engine holds the scores of
+#: one chunk's width; tiles straddling chunk borders are predicted once per chunk they touch (see the
+#: module's docstring for the cost). Tests patch it to force several chunks.
+CHUNK_PX = 4096
+#: Rows of the strips the finished class raster is read back in, for its polygons: whole blocks, at most
+#: this many bytes of class ids and confidence (5 bytes a pixel) per strip, one block row at the least.
+READBACK_BYTES = 8 * 2**20
+#: Changes whenever the engine would write other pixels for the same inputs (part of the fingerprint).
+ENGINE_VERSION = 2
 
 
 def model_bands(bands_text: str | None, head_bands: list[int], src: rasterio.io.DatasetReader) -> tuple[int, ...]:
@@ -111,16 +124,23 @@ def _versions() -> dict[str, str]:
             "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__}
 
 
+def working_gsd(gsd_m: float | None, config: Any) -> float | None:
+    """The ground sample distance (m) the model works at: ``gsd_m`` when given (0: the raster's own),
+    else the one the head records from its training, else None (the raster's own)."""
+    if gsd_m is not None:
+        return float(gsd_m) or None
+    recorded = (config.training or {}).get("gsd_m")
+    return float(recorded) if recorded else None
+
+
 def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     from .models.segmenter import read_config
-    from .training.job import default_device
 
     started_s = time.monotonic()
-    device = default_device()
     config = read_config(params["model"])  # cheap checks before the backbone loads
     area = read_area(params["aoi"]) if params["aoi"] else None
-    batch_size = max(1, params["batch_size"])
-    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(params["image"]) as src:
+    batch_size = max(1, params["batch_size"] or default_batch_size(params))
+    with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), open_raster(params["image"]) as src, ExitStack() as inputs:
         check_raster(src)
         window, local_area = area_window(src, area)
         bands = model_bands(params["bands"], list(config.bands), src)
@@ -128,52 +148,61 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         overlap_px = params["overlap_px"] if params["overlap_px"] is not None else tile_px // 4
         if not 0 <= overlap_px < tile_px:
             raise UserError(f"overlap_px must lie in 0..{tile_px - 1} for tiles of {tile_px} px; got {overlap_px}")
-        tiles = tile_windows(window, tile_px, overlap_px, (src.height, src.width))
-        total = len(tiles) + 2
-        progress.update(0, total, "loading the model")
-        model, backbone, head_sha256 = _load_model(params, device)
+        gsd_m = working_gsd(params.get("gsd_m"), config)
+        grid = working_grid(src, gsd_m)
+        if grid is None:
+            source, work_window, work_area = src, window, local_area
+        else:
+            source = inputs.enter_context(grid.open(src))
+            work_window, work_area = covering_window(source, src.window_bounds(window)), local_area
+        tiles = tile_windows(work_window, tile_px, overlap_px, (source.height, source.width))
+        chunks = [(chunk, tiles_touching(tiles, chunk)) for chunk in chunk_windows(work_window, CHUNK_PX)]
+        predictions = sum(len(chunk_tiles) for _, chunk_tiles in chunks)
+        total = predictions + 2
+        spec = TileModelSpec("segment", {"model": str(Path(params["model"]).resolve()), "backbone": params["backbone"],
+                                         "precision": params["precision"], "compile": bool(params["compile"])})
+        head_sha256 = model_sha256(spec)
         normalisation = BandNormalisation(bands, tuple(config.band_low), tuple(config.band_high))
-        provenance = {
-            "job": "segment", "model": str(Path(params["model"]).resolve()), "checkpoint_sha256": head_sha256,
-            "head_sha256": head_sha256, **backbone.provenance(), "fusion": config.fusion, "head": config.head,
-            "timesteps": config.timesteps, "classes": config.classes, "bands": list(bands),
-            "normalisation": {"low": list(config.band_low), "high": list(config.band_high)},
-            "parameters": {**params, "bands": list(bands), "overlap_px": overlap_px, "tile_px": tile_px,
-                           "batch_size": batch_size},
-            "image": str(Path(params["image"]).resolve()), "aoi": params["aoi"],
-            "device": str(device), "terrafuse": __version__, "versions": _versions(),
-            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        }
-        engine = _StreamingSegmentation(src, window, local_area, config.classes, params, provenance)
-        with OutputFiles(Path(params["out"])) as outputs, ExitStack() as stack:
-            engine.open(outputs, stack)
-            accumulator = StripAccumulator(len(config.classes), window)
-            done = 0
-            for start in range(0, len(tiles), batch_size):
-                batch = tiles[start:start + batch_size]
-                images, valids = [], []
-                for tile in batch:
-                    raw, valid = read_bands(src, tile, normalisation.bands)
-                    image = normalisation.apply(raw)
-                    image[:, ~valid] = 0.0
-                    images.append(image)
-                    valids.append(valid)
-                progress.check()
-                with torch.inference_mode():
-                    probabilities = model(torch.from_numpy(np.stack(images)).to(device)).softmax(1)
-                    probabilities = probabilities.float().cpu().numpy()
-                for tile, tile_scores, valid in zip(batch, probabilities, valids):
-                    accumulator.add(tile, tile_scores, valid, blend_weights(valid.shape, overlap_px))
-                    done += 1
-                    progress.update(done, total, f"tile {done} of {len(tiles)}")
-                following = tiles[start + batch_size] if start + batch_size < len(tiles) else None
-                strip = accumulator.pop(finished_row(int(following.row_off) if following else None, window,
-                                                     BLOCK_PX))
-                if strip is not None:
-                    engine.write(strip)
-            progress.update(len(tiles) + 1, total, "writing the outputs")
-            stack.close()  # every dataset closed before the attribute table and the renames
-            result_layers = engine.finish(outputs)
+        parameters = {**params, "bands": list(bands), "overlap_px": overlap_px, "tile_px": tile_px,
+                      "batch_size": batch_size, "gsd_m": grid.gsd_m if grid else None}
+        job_fingerprint = fingerprint({
+            "engine": ENGINE_VERSION, "chunk_px": CHUNK_PX, "image": input_facts(params["image"]),
+            "aoi": input_facts(params["aoi"]) if params["aoi"] else None, "model": spec.params,
+            "model_sha256": head_sha256, "config": config.to_json(), "bands": list(bands),
+            "tile_px": tile_px, "overlap_px": overlap_px, "gsd_m": grid.gsd_m if grid else None,
+            "outputs": [bool(params[k]) for k in ("confidence", "uncertainty", "polygons")]})
+        engine = _ChunkedSegmentation(src, window, local_area, config.classes, params)
+        with OutputFiles(Path(params["out"]), tag=job_fingerprint[:12]) as outputs:
+            journal = engine.prepare(outputs, job_fingerprint, grid, source, work_window, work_area)
+            provenance = engine.read_provenance() if journal.done else None
+            if provenance is None:  # nothing usable from an earlier run: every chunk from the start
+                journal.done.clear()
+            done = sum(len(chunks[i][1]) for i in journal.done if i < len(chunks))
+            todo = [(i, chunk, chunk_tiles) for i, (chunk, chunk_tiles) in enumerate(chunks) if i not in journal.done]
+            if todo:
+                progress.update(done, total, "loading the model")
+                predictor = make_predictor(spec, params)
+                try:
+                    if provenance is None:
+                        provenance = {
+                            "job": "segment", "model": str(Path(params["model"]).resolve()),
+                            "checkpoint_sha256": head_sha256, "head_sha256": head_sha256,
+                            **predictor.provenance, "fusion": config.fusion, "head": config.head,
+                            "timesteps": config.timesteps, "classes": config.classes, "bands": list(bands),
+                            "normalisation": {"low": list(config.band_low), "high": list(config.band_high)},
+                            "parameters": parameters, "image": str(Path(params["image"]).resolve()),
+                            "aoi": params["aoi"], "device": _device_name(predictor), "terrafuse": __version__,
+                            "versions": _versions(),
+                            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                        }
+                    engine.create(provenance, fresh=not journal.done)
+                    journal.save()  # names the temporary files, for a later run to resume or clear
+                    engine.predict(predictor, source, todo, normalisation, overlap_px, batch_size, journal,
+                                   progress, done, total, predictions)
+                finally:
+                    predictor.close()
+            progress.update(predictions + 1, total, "writing the outputs")
+            result_layers = engine.finish(outputs, provenance, progress)
             outputs.commit()
     progress.update(total, total, "done")
     counts = engine.counts
@@ -184,26 +213,42 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "uncertainty_raster": str(engine.final(UNCERTAINTY_NAME)) if params["uncertainty"] else None,
         "polygons": engine.polygon_count,
         "width": int(window.width), "height": int(window.height), "tiles": len(tiles), "tile_px": tile_px,
-        "overlap_px": overlap_px,
+        "overlap_px": overlap_px, "gsd_m": grid.gsd_m if grid else None,
+        "chunks": len(chunks), "chunks_resumed": len(chunks) - len(todo), "tile_predictions": predictions - done,
         "class_px": {c["name"]: int(counts[int(c["id"])]) for c in config.classes},
         "nodata_px": int(counts[CLASS_NODATA]),
-        "device": str(device),
+        "device": provenance.get("device", ""),
         "provenance": provenance,
         "layers": result_layers,
         "seconds": round(time.monotonic() - started_s, 2),
     }
 
 
-class _StreamingSegmentation:
-    """The outputs of one segmentation, fed finished strips of blended scores top to bottom."""
+def default_batch_size(params: dict[str, Any]) -> int:
+    """Tiles per model call when the user gives none: 16 on a GPU of this process (the predictor halves it
+    when the GPU runs out of memory), else 4 (the CPU gains nothing from more, and a cluster's actors
+    take batches in flight anyway)."""
+    if not params.get("cluster") and torch.cuda.is_available():
+        return 16
+    return 4
+
+
+def _device_name(predictor: TilePredictor) -> str:
+    device = getattr(getattr(predictor, "tile_model", None), "device", None)
+    return str(device) if device is not None else str(predictor.provenance.get("device", type(predictor).__name__))
+
+
+class _ChunkedSegmentation:
+    """The outputs of one segmentation: prediction rasters filled chunk by chunk (on the model's working
+    grid, which is the raster's own without ``gsd_m``), then the native outputs, counts and polygons."""
 
     def __init__(self, src: rasterio.io.DatasetReader, window: Window, area: AreaOfInterest | None,
-                 classes: list[dict[str, Any]], params: dict[str, Any], provenance: dict[str, Any]) -> None:
+                 classes: list[dict[str, Any]], params: dict[str, Any]) -> None:
+        self.src = src
         self.window = window
         self.area = area
         self.classes = classes
         self.params = params
-        self.provenance = provenance
         self.width, self.height = int(window.width), int(window.height)
         self.transform = src.window_transform(window)
         self.crs = src.crs
@@ -211,68 +256,208 @@ class _StreamingSegmentation:
         self.counts = np.zeros(256, dtype=np.int64)
         self.polygon_count = 0
         self.folder = Path(params["out"])
-        self._datasets: dict[str, rasterio.io.DatasetWriter] = {}
         self._partials: dict[str, Path] = {}
-        self._polygonizer: StripPolygonizer | None = None
-        self._polygons: PolygonLayerWriter | None = None
+        #: The rasters the chunks are written into: key -> path.
+        self._predicted: dict[str, Path] = {}
+        self._grid: Any = None
+        self._work_window = window
+        self._work_area = area
+        self._work_transform = self.transform
 
     def final(self, name: str) -> Path:
         return self.folder / name
 
-    def open(self, outputs: OutputFiles, stack: ExitStack) -> None:
-        args = (self.width, self.height, self.transform, self.crs)
-        path = self._partials[CLASS_RASTER_NAME] = outputs.partial(CLASS_RASTER_NAME)
-        self._datasets["classes"] = stack.enter_context(
-            open_class_raster(path, *args, self.classes, self.provenance))
-        if self.params["confidence"]:
-            path = self._partials[CONFIDENCE_NAME] = outputs.partial(CONFIDENCE_NAME)
-            self._datasets["confidence"] = stack.enter_context(
-                open_score_raster(path, *args, "confidence (blended probability of the class)", self.provenance))
-        if self.params["uncertainty"]:
-            path = self._partials[UNCERTAINTY_NAME] = outputs.partial(UNCERTAINTY_NAME)
-            self._datasets["uncertainty"] = stack.enter_context(
-                open_score_raster(path, *args, "uncertainty (entropy / log(classes))", self.provenance))
-        if self.params["polygons"]:
-            path = self._partials[CLASS_POLYGONS_NAME] = outputs.partial(CLASS_POLYGONS_NAME)
-            self._polygonizer = StripPolygonizer(self.transform, self.height)
-            self._polygons = PolygonLayerWriter(path, self.crs, self.transform, self.classes, self.provenance)
+    @property
+    def _wants_confidence(self) -> bool:
+        return bool(self.params["confidence"] or self.params["polygons"])
 
-    def write(self, strip: ScoreStrip) -> None:
-        """Classes, confidence and uncertainty of a finished strip, written as one window of the outputs."""
-        row0 = strip.row_off - int(self.window.row_off)
+    def prepare(self, outputs: OutputFiles, job_fingerprint: str, grid: WorkingGrid | None,
+                source: Any, work_window: Window, work_area: AreaOfInterest | None) -> Journal:
+        """Name every temporary file and find the journal of an interrupted run of this job."""
+        self._grid, self._work_window, self._work_area = grid, work_window, work_area
+        self._work_transform = source.window_transform(work_window)
+        names = {"classes": CLASS_RASTER_NAME, "confidence": CONFIDENCE_NAME, "uncertainty": UNCERTAINTY_NAME}
+        wanted = ["classes"] + (["confidence"] if self._wants_confidence else []) + \
+            (["uncertainty"] if self.params["uncertainty"] else [])
+        # The rasters chunks go into: the outputs themselves on the native grid; scratch files otherwise.
+        for key in wanted:
+            final_is_predicted = grid is None and (key != "confidence" or self.params["confidence"])
+            self._predicted[key] = outputs.temporary_name(names[key] if final_is_predicted else f"working-{key}.tif")
+        folder_existed = outputs.folder.exists()
+        journal = Journal.resume(outputs.folder, job_fingerprint, [p.name for p in self._predicted.values()],
+                                 created_folder=not folder_existed)
+        keep = bool(journal.done)
+        for key, path in self._predicted.items():
+            if path.name == outputs.temporary_name(names[key]).name:
+                self._partials[names[key]] = outputs.partial(names[key], keep=keep)
+            else:
+                outputs.scratch(path.name, keep=keep)
+        outputs.scratch(JOURNAL_NAME, keep=True)
+        if journal.created_folder:
+            outputs.mark_created_folder()
+        journal.created_folder = outputs.created_folder
+        return journal
+
+    def read_provenance(self) -> dict[str, Any] | None:
+        """The provenance an interrupted run of this job wrote into its class raster."""
+        try:
+            with rasterio.open(self._predicted["classes"]) as dst:
+                return json.loads(dst.tags()["TERRAFUSE_PROVENANCE"])
+        except (rasterio.errors.RasterioIOError, KeyError, ValueError):
+            return None
+
+    def create(self, provenance: dict[str, Any], fresh: bool) -> None:
+        """Empty prediction rasters (sparse: blocks are written once, by their chunk)."""
+        if not fresh:
+            return
+        width, height = int(self._work_window.width), int(self._work_window.height)
+        args = (width, height, self._work_transform, self.crs)
+        with open_class_raster(self._predicted["classes"], *args, self.classes, provenance):
+            pass
+        for key, description in (("confidence", "confidence (blended probability of the class)"),
+                                 ("uncertainty", "uncertainty (entropy / log(classes))")):
+            if key in self._predicted:
+                with open_score_raster(self._predicted[key], *args, description, provenance):
+                    pass
+
+    def predict(self, predictor: TilePredictor, source: Any, todo: list[tuple[int, Window, list[Window]]],
+                normalisation: BandNormalisation, overlap_px: int, batch_size: int, journal: Journal,
+                progress: Progress, done: int, total: int, predictions: int) -> None:
+        """Every chunk of ``todo``: its tiles through ``predictor``, blended, written, journalled."""
+        batches_meta: deque[tuple[int, Window, list[Window], list[np.ndarray], Window | None]] = deque()
+
+        def batches() -> Iterator[np.ndarray]:
+            # Runs in the predictor's reading thread, which alone reads ``source`` while it runs.
+            for index, chunk, chunk_tiles in todo:
+                for start in range(0, len(chunk_tiles), batch_size):
+                    batch = chunk_tiles[start:start + batch_size]
+                    images, valids = [], []
+                    for tile in batch:
+                        raw, valid = read_bands(source, tile, normalisation.bands)
+                        image = normalisation.apply(raw)
+                        image[:, ~valid] = 0.0
+                        images.append(image)
+                        valids.append(valid)
+                    following = chunk_tiles[start + batch_size] if start + batch_size < len(chunk_tiles) else None
+                    batches_meta.append((index, chunk, batch, valids, following))
+                    yield np.stack(images)
+
+        outputs = predictor.map(batches())
+        try:
+            with ExitStack() as chunk_files:
+                accumulator: StripAccumulator | None = None
+                datasets: dict[str, Any] = {}
+                for probabilities in outputs:
+                    index, chunk, batch, valids, following = batches_meta.popleft()
+                    progress.check()
+                    if accumulator is None:
+                        accumulator = StripAccumulator(len(self.classes), chunk)
+                        datasets = {key: chunk_files.enter_context(rasterio.open(path, "r+"))
+                                    for key, path in self._predicted.items()}
+                    for tile, tile_scores, valid in zip(batch, probabilities, valids):
+                        accumulator.add(tile, tile_scores, valid, blend_weights(valid.shape, overlap_px))
+                        done += 1
+                        progress.update(done, total, f"tile {done} of {predictions}")
+                    row_end = finished_row(int(following.row_off) if following else None, chunk, BLOCK_PX)
+                    strip = accumulator.pop(row_end)
+                    if strip is not None:
+                        self._write(datasets, strip, chunk)
+                    if following is None:  # the chunk is complete: on disk before the journal says so
+                        chunk_files.close()
+                        accumulator = None
+                        journal.mark_done(index)
+        finally:
+            outputs.close()  # on a cancel or an error, the reading stops here
+        missing = [index for index, _, _ in todo if index not in journal.done]
+        if missing:
+            raise RuntimeError(f"The predictor stopped before chunks {missing} were predicted")
+
+    def _write(self, datasets: dict[str, Any], strip: ScoreStrip, chunk: Window) -> None:
+        """Classes, confidence and uncertainty of a finished strip of a chunk, as one window."""
+        row0 = strip.row_off - int(self._work_window.row_off)
+        col0 = int(chunk.col_off) - int(self._work_window.col_off)
         probabilities = strip.probabilities()
         index = probabilities.argmax(axis=0)
         confidence = np.take_along_axis(probabilities, index[None], axis=0)[0]
         invalid = strip.invalid | (strip.weights == 0)
-        if self.area is not None:
-            strip_transform = self.transform @ rasterio.Affine.translation(0, row0)
-            invalid |= geometry_mask(self.area.geometries, invalid.shape, strip_transform)
+        if self._work_area is not None:
+            strip_transform = self._work_transform @ rasterio.Affine.translation(col0, row0)
+            invalid |= geometry_mask(self._work_area.geometries, invalid.shape, strip_transform)
         class_ids = self.class_ids[index]
         class_ids[invalid] = CLASS_NODATA
         confidence[invalid] = SCORE_NODATA
-        self.counts += np.bincount(class_ids.ravel(), minlength=256)
-        out_window = Window(0, row0, self.width, strip.height)
-        self._datasets["classes"].write(class_ids, 1, window=out_window)
-        if "confidence" in self._datasets:
-            self._datasets["confidence"].write(confidence.astype(np.float32), 1, window=out_window)
-        if "uncertainty" in self._datasets:
-            self._datasets["uncertainty"].write(_normalised_entropy(probabilities, invalid), 1, window=out_window)
-        if self._polygonizer is not None and self._polygons is not None:
-            self._polygons.add(self._polygonizer.add_strip(class_ids, np.where(invalid, 0.0, confidence), row0))
+        out_window = Window(col0, row0, int(chunk.width), strip.height)
+        datasets["classes"].write(class_ids, 1, window=out_window)
+        if "confidence" in datasets:
+            datasets["confidence"].write(confidence.astype(np.float32), 1, window=out_window)
+        if "uncertainty" in datasets:
+            datasets["uncertainty"].write(_normalised_entropy(probabilities, invalid), 1, window=out_window)
 
-    def finish(self, outputs: OutputFiles) -> list[dict[str, Any]]:
-        """Refuse an area without a valid pixel; close the polygons, write the attribute table and the
-        styles; the layers list (top to bottom) the plugin adds."""
+    def _to_native(self, outputs: OutputFiles, provenance: dict[str, Any], progress: Progress) -> None:
+        """The working-grid predictions on the raster's grid, window by window: classes nearest, scores
+        bilinear; pixels that are nodata in the raster or outside the area are nodata."""
+        names = {"classes": CLASS_RASTER_NAME, "confidence": CONFIDENCE_NAME, "uncertainty": UNCERTAINTY_NAME}
+        args = (self.width, self.height, self.transform, self.crs)
+        bands = tuple(provenance["bands"])
+        with ExitStack() as files:
+            native: dict[str, Any] = {}
+            warped: dict[str, Any] = {}
+            for key, path in self._predicted.items():
+                target = outputs.partial(names[key]) if key != "confidence" or self.params["confidence"] \
+                    else outputs.scratch(outputs.temporary_name("native-confidence.tif").name)
+                self._partials[names[key]] = target
+                if key == "classes":
+                    dst = open_class_raster(target, *args, self.classes, provenance)
+                else:
+                    dst = open_score_raster(target, *args, f"{key} (resampled from {self._grid.gsd_m:g} m)",
+                                            provenance)
+                native[key] = files.enter_context(dst)
+                working = files.enter_context(rasterio.open(path))
+                warped[key] = files.enter_context(WarpedVRT(
+                    working, crs=self.crs, transform=self.transform, width=self.width, height=self.height,
+                    resampling=Resampling.nearest if key == "classes" else Resampling.bilinear))
+            for window in strip_windows(self.width, self.height, 4 * BLOCK_PX, CHUNK_PX):
+                progress.check()
+                class_ids = warped["classes"].read(1, window=window)
+                source_window = Window(int(self.window.col_off) + window.col_off,
+                                       int(self.window.row_off) + window.row_off, window.width, window.height)
+                _, valid = read_bands(self.src, source_window, bands)
+                invalid = ~valid
+                if self.area is not None:
+                    invalid |= geometry_mask(self.area.geometries, invalid.shape,
+                                             rasterio.windows.transform(window, self.transform))
+                class_ids[invalid] = CLASS_NODATA
+                native["classes"].write(class_ids, 1, window=window)
+                for key in ("confidence", "uncertainty"):
+                    if key in warped:
+                        scores = warped[key].read(1, window=window)
+                        scores[class_ids == CLASS_NODATA] = SCORE_NODATA
+                        native[key].write(scores, 1, window=window)
+
+    def finish(self, outputs: OutputFiles, provenance: dict[str, Any], progress: Progress) -> list[dict[str, Any]]:
+        """The native outputs (resampled back with ``gsd_m``), the class counts and polygons from the
+        finished class raster, read back in strips; refuse an area without a valid pixel; the attribute
+        table and the styles; the layers list (top to bottom) the plugin adds."""
+        if self._grid is not None:
+            self._to_native(outputs, provenance, progress)
+            class_path = self._partials[CLASS_RASTER_NAME]
+            confidence_path = self._partials.get(CONFIDENCE_NAME)
+        else:
+            class_path = self._predicted["classes"]
+            confidence_path = self._predicted.get("confidence")
+        polygons = None
+        if self.params["polygons"]:
+            polygons = PolygonLayerWriter(outputs.partial(CLASS_POLYGONS_NAME), self.crs, self.transform,
+                                          self.classes, provenance)
+        self._read_back(class_path, confidence_path, polygons, progress)
         if self.counts[CLASS_NODATA] == self.width * self.height:
             raise UserError("The area holds no valid pixel: every pixel is nodata or outside the area")
         classified = {int(c["id"]): int(self.counts[int(c["id"])]) for c in self.classes}
-        write_attribute_table(self._partials[CLASS_RASTER_NAME], self.classes, classified)
+        write_attribute_table(class_path, self.classes, classified)
         write_style(outputs.partial(CLASS_STYLE_NAME), paletted_raster_qml(self.classes))
         layers = []
-        if self._polygonizer is not None and self._polygons is not None:
-            self._polygons.add(self._polygonizer.finish())
-            self._polygons.close()
-            self.polygon_count = self._polygons.count
+        if polygons is not None:
+            self.polygon_count = polygons.count
             write_style(outputs.partial(POLYGON_STYLE_NAME), categorized_polygons_qml(self.classes))
             layers.append({"path": str(self.final(CLASS_POLYGONS_NAME)), "kind": "vector",
                            "name": "Class polygons", "qml": str(self.final(POLYGON_STYLE_NAME)), "visible": False})
@@ -287,6 +472,26 @@ class _StreamingSegmentation:
                                "qml": str(self.final(style)), "visible": False})
         return layers
 
+    def _read_back(self, class_path: Path, confidence_path: Path | None, polygons: PolygonLayerWriter | None,
+                   progress: Progress) -> None:
+        """Counts, and polygons, of the finished class raster read in full-width strips of whole blocks."""
+        rows = max(BLOCK_PX, READBACK_BYTES // (5 * self.width) // BLOCK_PX * BLOCK_PX)
+        polygonizer = StripPolygonizer(self.transform, self.height) if polygons is not None else None
+        with ExitStack() as files:
+            classes = files.enter_context(rasterio.open(class_path))
+            confidence = files.enter_context(rasterio.open(confidence_path)) \
+                if polygonizer is not None and confidence_path is not None else None
+            for window in strip_windows(self.width, self.height, rows):
+                progress.check()
+                class_ids = classes.read(1, window=window)
+                self.counts += np.bincount(class_ids.ravel(), minlength=256)
+                if polygonizer is not None and polygons is not None and confidence is not None:
+                    scores = confidence.read(1, window=window)
+                    polygons.add(polygonizer.add_strip(class_ids, np.where(class_ids == CLASS_NODATA, 0.0, scores),
+                                                       int(window.row_off)))
+        if polygonizer is not None and polygons is not None:
+            polygons.add(polygonizer.finish())
+            polygons.close()
 
 def _normalised_entropy(probabilities: np.ndarray, invalid: np.ndarray) -> np.ndarray:
     """Shannon entropy of the blended class probabilities over log(classes): 0 sure, 1 uniform."""

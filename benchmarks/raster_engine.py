@@ -1,16 +1,19 @@
 """Peak memory and time of the segment job over 1, 4 and 16 km2 at 1 m with a tiny model on the CPU.
 
-The raster engine streams: blended scores are kept for one strip of rows and finished windows go
-straight to disk, so peak RSS should stay flat as the area grows (issue 4: under 2 GB at 16 km2).
-Each size runs in its own process, whose peak RSS (VmHWM) it reports itself.
+The raster engine streams: blended scores are kept for one strip of rows of one output chunk (at
+most ``CHUNK_PX`` wide) and finished windows go straight to disk, so peak RSS should stay flat as the
+area grows (issue 4: under 2 GB at 16 km2). Each size runs in its own process, which reports its peak
+RSS (VmHWM) after loading the model ("model MB": torch, the backbone) and after the job ("peak MB").
+``--chunk-px`` sets the chunk size (default: the engine's); "held px" is the width of scores held.
 
-    .venv/bin/python benchmarks/raster_engine.py [--sizes-km2 1,4,16] [--tile-px 256]
+    .venv/bin/python benchmarks/raster_engine.py [--sizes-km2 1,4,16] [--tile-px 256] [--chunk-px 1024]
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import subprocess
 import sys
 import tempfile
@@ -24,14 +27,32 @@ if str(ROOT) not in sys.path:
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
+from backend import segment
+from backend.inference import tile_model
 from backend.progress import Progress
 from backend.worker import run_job
+
+def peak_mb():
+    return next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:")) / 1024
+
+params, chunk_px = json.loads(sys.argv[1]), int(sys.argv[2])
+if chunk_px:
+    segment.CHUNK_PX = chunk_px
+model_mb = []
+load = tile_model.load_segmenter
+def load_and_measure(*args):
+    loaded = load(*args)
+    model_mb.append(peak_mb())
+    return loaded
+tile_model.load_segmenter = load_and_measure
 started = time.monotonic()
-result = run_job("segment", json.loads(sys.argv[1]), Progress())
+result = run_job("segment", params, Progress())
 seconds = time.monotonic() - started
-peak_kb = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM:"))
-print(json.dumps({{"seconds": seconds, "peak_rss_mb": peak_kb / 1024, "tiles": result["tiles"],
-                   "polygons": result["polygons"], "width": result["width"], "height": result["height"]}}))
+print(json.dumps({{"seconds": seconds, "peak_rss_mb": peak_mb(), "model_rss_mb": model_mb[0],
+                   "tiles": result["tiles"], "predictions": result["tile_predictions"],
+                   "chunks": result["chunks"], "chunk_px": segment.CHUNK_PX,
+                   "held_px": min(segment.CHUNK_PX, result["width"]), "polygons": result["polygons"],
+                   "width": result["width"], "height": result["height"]}}))
 """
 
 
@@ -84,6 +105,7 @@ def main() -> None:
     parser.add_argument("--sizes-km2", default="1,4,16")
     parser.add_argument("--tile-px", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--chunk-px", type=int, default=0, help="output chunk size (default: the engine's)")
     args = parser.parse_args()
     sizes = [float(s) for s in args.sizes_km2.split(",")]
     rows = []
@@ -96,7 +118,8 @@ def main() -> None:
             params = {"image": str(scene), "model": str(head), "out": str(folder / f"out_{km2:g}"),
                       "batch_size": args.batch_size}
             started = time.monotonic()
-            done = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT)), json.dumps(params)],
+            done = subprocess.run([sys.executable, "-c", CHILD.format(root=str(ROOT)), json.dumps(params),
+                                   str(args.chunk_px)],
                                   capture_output=True, text=True, check=False, cwd=ROOT)
             if done.returncode != 0:
                 sys.exit(f"segment failed at {km2:g} km2:\n{done.stderr[-3000:]}")
@@ -104,10 +127,14 @@ def main() -> None:
             stats.update(km2=km2, side_px=side_px, process_s=time.monotonic() - started)
             rows.append(stats)
             print(f"  {km2:g} km2 done in {stats['seconds']:.1f} s", file=sys.stderr, flush=True)
-    print(f"{'area km2':>8} {'pixels':>11} {'tiles':>6} {'polygons':>8} {'job s':>8} {'px/s':>9} {'peak RSS MB':>11}")
+    load = os.getloadavg()
+    print(f"load average {load[0]:.1f} {load[1]:.1f} {load[2]:.1f} on {os.cpu_count()} CPUs")
+    print(f"{'area km2':>8} {'pixels':>11} {'chunks':>6} {'chunk px':>8} {'held px':>7} {'tiles':>6} "
+          f"{'predicted':>9} {'polygons':>8} {'job s':>7} {'px/s':>7} {'model MB':>8} {'peak MB':>7}")
     for r in rows:
-        print(f"{r['km2']:>8g} {r['side_px']:>5}x{r['side_px']:<5} {r['tiles']:>6} {r['polygons']:>8} "
-              f"{r['seconds']:>8.1f} {r['side_px'] ** 2 / r['seconds']:>9.0f} {r['peak_rss_mb']:>11.0f}")
+        print(f"{r['km2']:>8g} {r['side_px']:>5}x{r['side_px']:<5} {r['chunks']:>6} {r['chunk_px']:>8} "
+              f"{r['held_px']:>7} {r['tiles']:>6} {r['predictions']:>9} {r['polygons']:>8} {r['seconds']:>7.1f} "
+              f"{r['side_px'] ** 2 / r['seconds']:>7.0f} {r['model_rss_mb']:>8.0f} {r['peak_rss_mb']:>7.0f}")
 
 
 if __name__ == "__main__":

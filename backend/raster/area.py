@@ -75,6 +75,16 @@ def area_window(src: rasterio.io.DatasetReader, area: AreaOfInterest | None) -> 
     return clipped, local
 
 
+def covering_window(dataset: rasterio.io.DatasetReader, bounds: tuple[float, float, float, float]) -> Window:
+    """The smallest window of ``dataset`` holding every pixel that overlaps ``bounds`` (in its CRS),
+    clipped to the dataset."""
+    exact = from_bounds(*bounds, transform=dataset.transform)
+    col_off, row_off = math.floor(exact.col_off + 1e-9), math.floor(exact.row_off + 1e-9)
+    window = Window(col_off, row_off, math.ceil(exact.col_off + exact.width - 1e-9) - col_off,
+                    math.ceil(exact.row_off + exact.height - 1e-9) - row_off)
+    return window.intersection(Window(0, 0, dataset.width, dataset.height))
+
+
 def _fmt_bounds(bounds: tuple[float, float, float, float]) -> str:
     return "(" + ", ".join(f"{v:.6g}" for v in bounds) + ")"
 

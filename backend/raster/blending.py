@@ -33,8 +33,8 @@ class ScoreStrip:
 
 
 class StripAccumulator:
-    """Score and weight sums (float32) over all columns of ``area`` for the rows from :attr:`row_off`
-    down to the lowest row a tile has touched so far."""
+    """Score and weight sums (float32) over all columns of ``area`` (an output chunk: its width bounds
+    the memory) for the rows from :attr:`row_off` down to the lowest row a tile has touched so far."""
 
     def __init__(self, classes: int, area: Window) -> None:
         self.classes = classes

@@ -101,6 +101,41 @@ def _parse_bands(text: str | None, count: int, wanted: Sequence[str], label: str
     return bands
 
 
+@dataclass(frozen=True)
+class RasterInputs:
+    """What one raster of a modality brings: its 1-based bands in the encoder's order, and its date with
+    where it was found ("metadata", "filename" or "" when none)."""
+
+    path: str
+    bands: tuple[int, ...]
+    date: datetime.date | None
+    date_source: str
+
+
+def raster_inputs(name: str, path: str, wanted_bands: Sequence[str], bands: str | None = None) -> RasterInputs:
+    """One raster of a modality: refused without CRS or without the bands the encoder reads; its date from
+    the metadata tags, else the file name (None when neither holds one)."""
+    label = MODALITY_NAMES[name]
+    with open_raster(path) as src:
+        if src.crs is None:
+            raise UserError(f"The {label} raster '{path}' has no CRS; assign one so it can be placed on the grid")
+        own = _parse_bands(bands, src.count, wanted_bands, label, path)
+        if own is None:
+            # For the optical image the colour interpretation names red, green and blue most surely
+            # (a description such as "B04 red" names a Sentinel-2 band, not the colour).
+            colours = [ci.name if ci.name in ("red", "green", "blue") else None for ci in src.colorinterp]
+            if name == "hr" and {"red", "green", "blue"} <= set(colours):
+                descriptions = colours
+            else:
+                descriptions = [d or c for d, c in zip(src.descriptions, colours)]
+            try:
+                own = default_band_mapping(descriptions, wanted_bands, label)
+            except UserError as exc:
+                raise UserError(f"'{path}': {exc}") from None
+        date, source = acquisition_date(path, src.tags())
+    return RasterInputs(path, tuple(own), date, source)
+
+
 def modality_inputs(name: str, paths: Sequence[str], wanted_bands: Sequence[str], dates: str | None = None,
                     bands: str | None = None) -> ModalityInputs:
     """Check one modality's rasters and find their dates and bands.
@@ -118,36 +153,20 @@ def modality_inputs(name: str, paths: Sequence[str], wanted_bands: Sequence[str]
     sources: list[str] = []
     mapping: list[int] | None = None
     for index, path in enumerate(paths):
-        with open_raster(path) as src:
-            if src.crs is None:
-                raise UserError(f"The {label} raster '{path}' has no CRS; assign one so it can be placed on the grid")
-            own = _parse_bands(bands, src.count, wanted_bands, label, path)
-            if own is None:
-                # For the optical image the colour interpretation names red, green and blue most surely
-                # (a description such as "B04 red" names a Sentinel-2 band, not the colour).
-                colours = [ci.name if ci.name in ("red", "green", "blue") else None for ci in src.colorinterp]
-                if name == "hr" and {"red", "green", "blue"} <= set(colours):
-                    descriptions = colours
-                else:
-                    descriptions = [d or c for d, c in zip(src.descriptions, colours)]
-                try:
-                    own = default_band_mapping(descriptions, wanted_bands, label)
-                except UserError as exc:
-                    raise UserError(f"'{path}': {exc}") from None
-            if mapping is not None and own != mapping:
-                raise UserError(f"The {label} rasters hold their bands in different orders ('{path}' differs from "
-                                f"'{paths[0]}'); give the bands explicitly or make them alike")
-            mapping = own
-            if explicit is not None:
-                found_dates.append(explicit[index])
-                sources.append("given")
-            else:
-                date, source = acquisition_date(path, src.tags())
-                if date is None and name != "hr":
-                    raise UserError(f"No acquisition date for the {label} raster '{path}': none in its metadata or "
-                                    "file name; enter the dates (YYYY-MM-DD, one per raster)")
-                found_dates.append(date)
-                sources.append(source)
+        raster = raster_inputs(name, path, wanted_bands, bands)
+        if mapping is not None and list(raster.bands) != mapping:
+            raise UserError(f"The {label} rasters hold their bands in different orders ('{path}' differs from "
+                            f"'{paths[0]}'); give the bands explicitly or make them alike")
+        mapping = list(raster.bands)
+        if explicit is not None:
+            found_dates.append(explicit[index])
+            sources.append("given")
+        else:
+            if raster.date is None and name != "hr":
+                raise UserError(f"No acquisition date for the {label} raster '{path}': none in its metadata or "
+                                "file name; enter the dates (YYYY-MM-DD, one per raster)")
+            found_dates.append(raster.date)
+            sources.append(raster.date_source)
     return ModalityInputs(name, tuple(paths), tuple(found_dates), tuple(mapping or ()), tuple(sources))
 
 
@@ -284,9 +303,12 @@ class InputStack:
     def __exit__(self, *exc: object) -> None:
         self._exit.close()
 
-    def compute_normalisation(self, area_mask: np.ndarray | None = None) -> None:
-        """2nd and 98th percentiles per band over the area, from a decimated read of every raster."""
+    def compute_normalisation(self, only: Sequence[str] | None = None) -> None:
+        """2nd and 98th percentiles per band over the area, from a decimated read of every raster (of the
+        modalities in ``only``, when given)."""
         for stack in self.modalities.values():
+            if only is not None and stack.inputs.name not in only:
+                continue
             samples: list[np.ndarray] = []
             for vrt in stack.vrts:
                 scale = max(1.0, max(self.grid.width, self.grid.height) * stack.factor / STATS_SIDE_PX)
@@ -303,6 +325,20 @@ class InputStack:
                 raise UserError(f"The {MODALITY_NAMES[stack.inputs.name]} rasters hold no valid pixel in the area")
             low, high = np.percentile(values, PERCENTILES, axis=1)
             stack.normalisation = Normalisation(low.astype(np.float32), high.astype(np.float32))
+
+    def set_normalisation(self, stored: dict[str, dict[str, list[float]]]) -> list[str]:
+        """Use the normalisation a trained head recorded (see :attr:`Normalisation.to_json`) for the
+        modalities it covers; returns the modalities it does not cover (computed by
+        :meth:`compute_normalisation` instead)."""
+        missing = []
+        for name, stack in self.modalities.items():
+            values = stored.get(name)
+            if values is None or len(values["p2"]) != len(stack.inputs.bands):
+                missing.append(name)
+                continue
+            stack.normalisation = Normalisation(np.asarray(values["p2"], dtype=np.float32),
+                                                np.asarray(values["p98"], dtype=np.float32))
+        return missing
 
     def tiles(self) -> list[Window]:
         """Windows of ``tile_px`` grid cells covering the grid, row by row (edge tiles reach into the padding)."""

@@ -53,13 +53,18 @@ def replaced_on_success(path: Path) -> Iterator[Path]:
 
 class OutputFiles:
     """The outputs of one job in ``folder``: :meth:`partial` names a temporary file for each, and
-    :meth:`commit` renames them all into place (with their ``.aux.xml``). Leaving the ``with`` block
+    :meth:`commit` renames them all into place (with their ``.aux.xml``). :meth:`scratch` names
+    temporary files that are never committed (removed with the partials). Leaving the ``with`` block
     without a commit (an error, a cancel) removes every temporary file, and the folder if this job
-    created it and it is still empty."""
+    created it and it is still empty. Only a killed process leaves them, which is what lets a job
+    resume: temporary names carry ``tag`` (the process id by default; a resumable job passes its
+    fingerprint, so that the next run finds them)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, tag: str | None = None) -> None:
         self.folder = Path(folder)
+        self.tag = tag or str(os.getpid())
         self._partials: dict[Path, Path] = {}
+        self._scratch: list[Path] = []
         self._created_folder = False
 
     def __enter__(self) -> OutputFiles:
@@ -69,19 +74,46 @@ class OutputFiles:
                  tb: TracebackType | None) -> None:
         self.discard()
 
-    def partial(self, name: str) -> Path:
-        """The temporary path of the output ``name`` (created parent folder, nothing left from before)."""
+    def _ensure_folder(self) -> None:
         if not self.folder.exists():
             self.folder.mkdir(parents=True)
             self._created_folder = True
+
+    def mark_created_folder(self) -> None:
+        """The folder was created by an earlier, interrupted run of this job: remove it when empty."""
+        self._created_folder = True
+
+    @property
+    def created_folder(self) -> bool:
+        return self._created_folder
+
+    def temporary_name(self, name: str) -> Path:
+        """Where the temporary file of output ``name`` lives (nothing created or removed)."""
         final = self.folder / name
-        partial = final.with_name(f".{final.stem}.partial-{os.getpid()}{final.suffix}")
-        _remove(partial)
-        self._partials[final] = partial
+        return final.with_name(f".{final.stem}.partial-{self.tag}{final.suffix}")
+
+    def partial(self, name: str, keep: bool = False) -> Path:
+        """The temporary path of the output ``name`` (created parent folder; what is left from before is
+        removed unless ``keep``, for a resumed job)."""
+        self._ensure_folder()
+        partial = self.temporary_name(name)
+        if not keep:
+            _remove(partial)
+        self._partials[self.folder / name] = partial
         return partial
 
+    def scratch(self, name: str, keep: bool = False) -> Path:
+        """A temporary file that is removed at the end (commit or not); ``name`` is used as given."""
+        self._ensure_folder()
+        path = self.folder / name
+        if not keep:
+            _remove(path)
+        self._scratch.append(path)
+        return path
+
     def commit(self) -> list[Path]:
-        """Rename every temporary file to its final name; returns the final paths."""
+        """Rename every temporary file to its final name and remove the scratch files; returns the final
+        paths."""
         for final, partial in self._partials.items():
             aux = Path(f"{partial}.aux.xml")
             if aux.exists():
@@ -91,12 +123,19 @@ class OutputFiles:
             os.replace(partial, final)
         finals = list(self._partials)
         self._partials.clear()
+        self._remove_scratch()
         return finals
+
+    def _remove_scratch(self) -> None:
+        for path in self._scratch:
+            _remove(path)
+        self._scratch.clear()
 
     def discard(self) -> None:
         for partial in self._partials.values():
             _remove(partial)
         self._partials.clear()
+        self._remove_scratch()
         if self._created_folder and self.folder.exists() and not any(self.folder.iterdir()):
             self.folder.rmdir()
 
@@ -105,7 +144,10 @@ def _profile(width: int, height: int, transform: rasterio.Affine, crs: CRS | Non
              nodata: float) -> dict[str, Any]:
     return {"driver": "GTiff", "width": width, "height": height, "count": 1, "dtype": dtype, "crs": crs,
             "transform": transform, "nodata": nodata, "compress": "deflate", "tiled": True,
-            "blockxsize": BLOCK_PX, "blockysize": BLOCK_PX, "BIGTIFF": "IF_SAFER"}
+            "blockxsize": BLOCK_PX, "blockysize": BLOCK_PX, "BIGTIFF": "IF_SAFER",
+            # Blocks never written stay empty (read as nodata): a raster filled window by window over
+            # several runs (a resumed job) writes each block once, and creating it costs nothing.
+            "SPARSE_OK": True}
 
 
 def hex_rgba(colour: str) -> tuple[int, int, int, int]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -41,11 +40,13 @@ def write_head_config(folder: Path, tile_px: int = 64, bands: list[int] | None =
     return folder
 
 
-def use_stand_in(monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend import segment
+def use_stand_in(monkeypatch: pytest.MonkeyPatch, model: torch.nn.Module | None = None) -> None:
+    """Make the segment job's tile model load ``model`` (the pixelwise stand-in by default)."""
+    from backend.inference import tile_model
 
-    backbone = SimpleNamespace(provenance=lambda: {"backbone": "stand-in", "backbone_sha256": "1" * 64})
-    monkeypatch.setattr(segment, "_load_model", lambda params, device: (PixelwiseModel(), backbone, "0" * 64))
+    provenance = {"backbone": "stand-in", "backbone_sha256": "1" * 64}
+    monkeypatch.setattr(tile_model, "load_segmenter", lambda model_dir, backbone, device, settings=None:
+                        (model or PixelwiseModel(), provenance, "0" * 64))
 
 
 def smooth_image(height: int, width: int, bands: int = 3, dtype: Any = np.uint8, seed: int = 0) -> np.ndarray:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import subprocess
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -204,12 +203,13 @@ class PixelwiseModel(torch.nn.Module):
 
 def test_tiles_are_blended_back_in_place(trained: dict[str, Any], tmp_path: Path,
                                          monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend import segment
+    from backend.inference import tile_model
     from backend.models.segmenter import read_config
     from backend.raster.bands import BandNormalisation, read_bands
 
-    stand_in = SimpleNamespace(provenance=lambda: {"backbone": "stand-in"})
-    monkeypatch.setattr(segment, "_load_model", lambda params, device: (PixelwiseModel(), stand_in, "0" * 64))
+    monkeypatch.setattr(tile_model, "load_segmenter",
+                        lambda model_dir, backbone, device, settings=None:
+                        (PixelwiseModel(), {"backbone": "stand-in"}, "0" * 64))
     area = Window(37, 61, 301, 205)  # not aligned with the tiles, which overlap by 32 px
     aoi = write_area(tmp_path / "aoi.gpkg", [pixel_box(37, 61, 37 + 301, 61 + 205)], "EPSG:32618")
     result = run_job("segment", {"image": str(SAMPLE_SCENE), "model": str(trained["head"]), "aoi": str(aoi),

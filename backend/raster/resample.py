@@ -1,0 +1,71 @@
+"""The model's working resolution: a grid over the raster at a ground sample distance in metres,
+read through GDAL's warper (rasterio's WarpedVRT) so that only the windows asked for are resampled.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import rasterio
+from rasterio.enums import Resampling
+from rasterio.vrt import WarpedVRT
+
+from ..errors import UserError
+from .area import pixel_size_m
+
+#: Relative difference below which a working resolution is the raster's own (no resampling).
+SAME_RESOLUTION = 1e-6
+
+
+@dataclass(frozen=True)
+class WorkingGrid:
+    """The raster's extent on pixels of ``gsd_m`` metres (in the raster's CRS; in degrees for a
+    geographic CRS, converted at the raster's centre latitude)."""
+
+    gsd_m: float
+    transform: rasterio.Affine
+    width: int
+    height: int
+    #: Working pixels per native pixel along x and y (> 1: the model sees finer pixels).
+    zoom: tuple[float, float]
+
+    def open(self, src: rasterio.io.DatasetReader) -> WarpedVRT:
+        """``src`` on this grid: bilinear when the model's pixels are finer, average when coarser."""
+        finer = min(self.zoom) >= 1.0
+        return WarpedVRT(src, crs=src.crs, transform=self.transform, width=self.width, height=self.height,
+                         resampling=Resampling.bilinear if finer else Resampling.average)
+
+
+def working_grid(src: rasterio.io.DatasetReader, gsd_m: float | None) -> WorkingGrid | None:
+    """The grid at ``gsd_m`` over ``src``; None without a gsd or when it is the raster's own."""
+    if not gsd_m:
+        return None
+    if gsd_m < 0 or not math.isfinite(gsd_m):
+        raise UserError(f"gsd_m must be a positive number of metres; got {gsd_m}")
+    if src.transform.b or src.transform.d:
+        raise UserError("The raster's grid is rotated; warp it to a north-up grid before resampling it (gsd_m)")
+    left, bottom, right, top = src.bounds
+    native = pixel_size_m(src.crs, src.transform, (bottom + top) / 2)
+    if native is None:
+        raise UserError("The raster has no CRS, so its pixels have no size in metres for gsd_m")
+    zoom_x, zoom_y = native[0] / gsd_m, native[1] / gsd_m
+    if abs(zoom_x - 1) < SAME_RESOLUTION and abs(zoom_y - 1) < SAME_RESOLUTION:
+        return None
+    res_x, res_y = abs(src.transform.a) / zoom_x, abs(src.transform.e) / zoom_y
+    width, height = _cells(src.width, zoom_x), _cells(src.height, zoom_y)
+    pixels = width * height
+    if pixels > 2**40:
+        raise UserError(f"gsd_m={gsd_m} m would make a grid of {width} x {height} px; choose a coarser gsd_m")
+    transform = rasterio.Affine(res_x, 0.0, src.transform.c, 0.0, -res_y if src.transform.e < 0 else res_y,
+                                src.transform.f)
+    return WorkingGrid(gsd_m, transform, width, height, (zoom_x, zoom_y))
+
+
+def _cells(native_px: int, zoom: float) -> int:
+    """Working pixels along an axis of ``native_px`` pixels: finer ones whose centres lie on the raster
+    (no pixel of the warper's outside fill), or coarser ones that cover it all (so that every native
+    pixel has a working pixel to take its class from)."""
+    if zoom >= 1:
+        return max(1, math.ceil(native_px * zoom - 0.5))
+    return max(1, math.ceil(native_px * zoom - 1e-6))

@@ -1,0 +1,32 @@
+"""The local Ray of the cluster tests: one per test module (as ``cluster="local"`` starts it), which the
+jobs attach to and leave running."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture(scope="module")
+def ray_env() -> dict[str, str]:
+    """Environment variables the local Ray's workers inherit (a module overrides this fixture)."""
+    return {}
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_env: dict[str, str]) -> Iterator[Any]:
+    """A :class:`~backend.inference.cluster.RaySession` on this machine, bound to the loopback interface."""
+    ray = pytest.importorskip("ray")
+    from backend.inference.cluster import RaySession
+
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in ray_env.items():
+            patch.setenv(name, value)
+        session = RaySession.open("local")
+        try:
+            yield session
+        finally:
+            session.close()
+    assert not ray.is_initialized()
