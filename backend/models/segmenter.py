@@ -28,6 +28,7 @@ from .heads import Head, create_head
 
 if TYPE_CHECKING:
     from .diffusion import DiffusionBackbone, DiffusionFeatureExtractor
+    from .diffusion.fast_path import InferenceSettings
 
 HEAD_WEIGHTS_NAME = "head.safetensors"
 HEAD_CONFIG_NAME = "config.json"
@@ -115,9 +116,19 @@ class SatDiFuser(nn.Module):
         return cls(fusion_module, head_module, settings, extractor)
 
     def forward(self, images: Tensor) -> Tensor:
+        """Inference: features, then fusion and head under the extractor's autocast precision (the
+        backbone's fast path, :mod:`.diffusion.fast_path`); float32 logits."""
+        from .diffusion.fast_path import autocast_dtype
+
         if self.extractor is None:
             raise RuntimeError("no feature extractor attached: call attach_backbone() or use decode()")
-        return self.decode(self.extractor(images), tuple(images.shape[-2:]))
+        features = self.extractor(images)
+        device = features[0].device
+        dtype = autocast_dtype(self.extractor.settings.precision, device)
+        if dtype is None:
+            return self.decode(features, tuple(images.shape[-2:]))
+        with torch.autocast(device.type, dtype=dtype):
+            return self.decode(features, tuple(images.shape[-2:])).float()
 
     def decode(self, features: Sequence[Tensor], image_hw: tuple[int, int]) -> Tensor:
         """Fusion then head on the extractor's features (the trainable part)."""
@@ -127,13 +138,14 @@ class SatDiFuser(nn.Module):
         """The fusion's extra loss term of the last forward pass (MoE balancing), or None."""
         return self.fusion.auxiliary_loss()
 
-    def attach_backbone(self, backbone: DiffusionBackbone) -> None:
-        """Build the extractor this head was trained with on ``backbone``; another backbone is refused."""
+    def attach_backbone(self, backbone: DiffusionBackbone, settings: InferenceSettings | None = None) -> None:
+        """Build the extractor this head was trained with on ``backbone``; another backbone is refused.
+        ``settings``: how the backbone runs (default: the fast path's defaults for its device)."""
         from .diffusion import DiffusionFeatureExtractor
 
         check_backbone(self.config, backbone)
         extractor = DiffusionFeatureExtractor(backbone, timesteps=self.config.timesteps, blocks=self.config.blocks,
-                                              levels=self.config.levels)
+                                              levels=self.config.levels, settings=settings)
         check_feature_info(self.config.feature_info, extractor.feature_info)
         object.__setattr__(self, "extractor", extractor)
 
@@ -158,9 +170,10 @@ class SatDiFuser(nn.Module):
         return folder
 
     @classmethod
-    def from_pretrained(cls, folder: str | os.PathLike[str],
-                        backbone: DiffusionBackbone | None = None) -> SatDiFuser:
-        """Load a saved head; with ``backbone`` (whose sha256 must match), attach its feature extractor."""
+    def from_pretrained(cls, folder: str | os.PathLike[str], backbone: DiffusionBackbone | None = None,
+                        settings: InferenceSettings | None = None) -> SatDiFuser:
+        """Load a saved head; with ``backbone`` (whose sha256 must match), attach its feature extractor,
+        run with ``settings`` (precision, channels_last, compile; default: the fast path's defaults)."""
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
@@ -184,7 +197,7 @@ class SatDiFuser(nn.Module):
                             f"({type(exc).__name__}: {str(exc)[:200]})") from None
         model.eval()
         if backbone is not None:
-            model.attach_backbone(backbone)
+            model.attach_backbone(backbone, settings)
         return model
 
 

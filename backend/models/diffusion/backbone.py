@@ -26,6 +26,7 @@ from .prompt import SATELLITE_PROMPT, load_prompt_embedding
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from .fast_path import CompiledBlocks
     from .registry import BackboneConfig
 
 log = logging.getLogger("terrafuse.models")
@@ -51,6 +52,10 @@ class DiffusionBackbone:
     ignored_unet_keys: tuple[str, ...] = ()
     config: BackboneConfig | None = None
     prompt: str = SATELLITE_PROMPT
+    # How the modules run now (set by fast_path.prepare_backbone): NHWC weights, compiled blocks.
+    channels_last: bool = False
+    compiled: CompiledBlocks | None = None
+    sdpa_checked: bool = False
 
     @property
     def device(self) -> torch.device:

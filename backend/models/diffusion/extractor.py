@@ -10,14 +10,17 @@ their grid (B, C, H, W), as the paper does "to maintain consistency with the Res
 No UNet call is wasted: the features of timestep ``t_k`` come from inversion call ``k``, the UNet at
 timestep ``t_k`` on the latent ``z_(t_(k-1))`` (see :mod:`.inversion`), so K timesteps cost K calls. The
 last call's output is only needed to reach a latent that nothing reads, so with ``stop_early`` it stops
-right after the finest up block whose features are used.
+as soon as the last hooked block has run: the rest of that block, the finer up blocks and ``conv_out``
+never run. How the calls run (autocast precision, channels_last, compiled blocks) is the
+:class:`~.fast_path.InferenceSettings` of the extractor.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from typing import Any
 
 import torch
@@ -26,7 +29,10 @@ from torch import Tensor
 
 from ...errors import UserError
 from .backbone import DiffusionBackbone
+from .fast_path import InferenceSettings, autocast_dtype, prepare_backbone
 from .inversion import check_timesteps, ddim_invert
+
+log = logging.getLogger("terrafuse.models")
 
 FEATURE_KINDS = ("resnet", "attn1", "attn2")
 
@@ -45,16 +51,24 @@ class DiffusionFeatureExtractor(torch.nn.Module):
     ``feature_info`` entries: ``name`` ("t100/up1.attn1.0"), ``timestep``, ``kind`` ("resnet", "attn1",
     "attn2"), ``level`` (the index of the UNet up block: 0 coarsest .. 3 finest), ``num_chs``,
     ``reduction`` (stride in image pixels: 64, 32, 16, 8 for Stable Diffusion) and ``module`` (its path in
-    the UNet). Outputs are float32 tensors outside autograd's inference mode, so heads can train on them;
-    the backbone itself stays frozen and runs under ``torch.inference_mode``. The backbone is not a
-    sub-module: ``parameters()`` and ``state_dict()`` of the extractor are empty.
+    the UNet). Outputs are contiguous float32 tensors outside autograd's inference mode, so heads can train
+    on them; the backbone itself stays frozen and runs under ``torch.inference_mode``. The backbone is not
+    a sub-module: ``parameters()`` and ``state_dict()`` of the extractor are empty.
+
+    ``settings`` chooses precision, memory layout and compilation (:mod:`.fast_path`); ``stop_early`` and
+    ``reuse_inversion_calls`` are only ever turned off to measure what they save (the benchmark's
+    straightforward path): without reuse, the inversion's K calls run first and K more calls on the same
+    latents and timesteps give the features, 2K calls for the same features.
     """
 
     def __init__(self, backbone: DiffusionBackbone, timesteps: Sequence[int] = (1, 100, 200),
                  blocks: Sequence[str] = ("resnet", "attn1"), levels: Sequence[int] = (0, 1, 2, 3),
-                 *, stop_early: bool = True) -> None:
+                 *, stop_early: bool = True, reuse_inversion_calls: bool = True,
+                 settings: InferenceSettings | None = None) -> None:
         super().__init__()
         self.backbone = backbone
+        self.settings = settings or InferenceSettings()
+        self.reuse_inversion_calls = reuse_inversion_calls
         self.timesteps = check_timesteps(timesteps, backbone.num_train_timesteps)
         unknown = sorted(set(blocks) - set(FEATURE_KINDS))
         if unknown or not blocks:
@@ -117,7 +131,10 @@ class DiffusionFeatureExtractor(torch.nn.Module):
 
     @contextmanager
     def _hooks(self, store: dict[int, Tensor], latent_hw: tuple[int, int], stop: list[bool]) -> Iterator[None]:
+        """Record every site's output into ``store``; while ``stop[0]``, end the UNet call as soon as the
+        last site has run (whichever it is in the UNet's order)."""
         handles = []
+        sites = len(self._sites)
 
         def recorder(index: int, grid_div: int):
             def hook(_module: torch.nn.Module, _inputs: Any, output: Any) -> None:
@@ -126,27 +143,38 @@ class DiffusionFeatureExtractor(torch.nn.Module):
                     h, w = latent_hw[0] // grid_div, latent_hw[1] // grid_div
                     tensor = tensor.transpose(1, 2).reshape(tensor.shape[0], tensor.shape[2], h, w)
                 store[index] = tensor
+                if stop[0] and len(store) == sites:
+                    raise _StopUNet()
             return hook
-
-        def stopper(_module: torch.nn.Module, _inputs: Any, _output: Any) -> None:
-            if stop[0]:
-                raise _StopUNet()
 
         try:
             for index, (site, module) in enumerate(zip(self._sites, self._modules_of_sites)):
                 handles.append(module.register_forward_hook(recorder(index, site["grid_div"])))
-            handles.append(self.backbone.unet.up_blocks[self.levels[-1]].register_forward_hook(stopper))
             yield
         finally:
             for handle in handles:
                 handle.remove()
 
+    def _autocast(self, dtype: torch.dtype | None) -> Any:
+        if dtype is None:
+            return nullcontext()
+        return torch.autocast(self.backbone.device.type, dtype=dtype)
+
     def encode_latents(self, images: Tensor) -> Tensor:
-        """Clean latents: the VAE posterior's mean times ``scaling_factor`` (Sec. 3.1, "clean latents z")."""
+        """Clean latents: the VAE posterior's mean times ``scaling_factor`` (Sec. 3.1, "clean latents z"),
+        float32. In half precision the encoder runs under autocast; should a float16 encoder overflow (the
+        reason SD's VAE configs say ``force_upcast``), the batch is encoded again in float32."""
         vae = self.backbone.vae
+        dtype = autocast_dtype(self.settings.precision, self.backbone.device)
         with torch.inference_mode():
-            posterior = vae.encode(images.to(device=self.backbone.device, dtype=vae.dtype)).latent_dist
-            latents = posterior.mean
+            images = images.to(device=self.backbone.device, dtype=vae.dtype)
+            if self.backbone.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with self._autocast(dtype):
+                latents = vae.encode(images).latent_dist.mean.float()
+            if dtype is not None and not bool(torch.isfinite(latents).all()):
+                log.warning("the VAE encoder overflowed in %s; this batch is encoded in float32", dtype)
+                latents = vae.encode(images).latent_dist.mean.float()
             shift = getattr(vae.config, "shift_factor", None)
             if shift is not None:
                 latents = latents - shift
@@ -164,33 +192,46 @@ class DiffusionFeatureExtractor(torch.nn.Module):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         height, width = images.shape[-2:]
+        prepare_backbone(self.backbone, self.settings)
         unet = self.backbone.unet
+        dtype = autocast_dtype(self.settings.precision, self.backbone.device)
         per_call: list[dict[int, Tensor]] = []
         with torch.inference_mode():
             latents = self.encode_latents(self._pad(images))
             prompt = self.backbone.prompt_embedding.expand(latents.shape[0], -1, -1)
             stop = [False]
             store: dict[int, Tensor] = {}
+            last_call = len(self.timesteps) - 1
 
-            def model_fn(sample: Tensor, timestep: int) -> Tensor | None:
+            def unet_call(sample: Tensor, timestep: int, record: bool) -> Tensor | None:
                 store.clear()
-                stop[0] = self.stop_early and len(per_call) == len(self.timesteps) - 1
+                stop[0] = record and self.stop_early and len(per_call) == last_call
                 self.num_unet_calls += 1
                 t = torch.tensor(timestep, device=sample.device, dtype=torch.long)
                 try:
-                    output = unet(sample.to(unet.dtype), t, encoder_hidden_states=prompt, return_dict=False)[0]
+                    with self._autocast(dtype):
+                        output = unet(sample.to(unet.dtype), t, encoder_hidden_states=prompt, return_dict=False)[0]
                 except _StopUNet:
                     output = None
-                per_call.append(dict(store))
+                if record:
+                    per_call.append(dict(store))
+                store.clear()
                 return output
 
             with self._hooks(store, tuple(latents.shape[-2:]), stop):
-                ddim_invert(latents, self.timesteps, model_fn, self.backbone.alphas_cumprod,
-                            self.backbone.prediction_type)
+                if self.reuse_inversion_calls:
+                    ddim_invert(latents, self.timesteps, lambda z, t: unet_call(z, t, True),
+                                self.backbone.alphas_cumprod, self.backbone.prediction_type)
+                else:  # the straightforward path: the inversion first, then one more call per timestep
+                    trajectory = ddim_invert(latents, self.timesteps, lambda z, t: unet_call(z, t, False),
+                                             self.backbone.alphas_cumprod, self.backbone.prediction_type)
+                    for sample, t in zip([latents.float(), *trajectory[:-1]], self.timesteps):
+                        unet_call(sample, t, True)
         features = []
         for call in per_call:
             for index, site in enumerate(self._sites):
                 h, w = math.ceil(height / site["reduction"]), math.ceil(width / site["reduction"])
                 # A copy outside inference mode: a normal tensor that autograd may save for backward.
-                features.append(call[index][..., :h, :w].to(torch.float32, copy=True))
+                features.append(call[index][..., :h, :w].to(torch.float32, memory_format=torch.contiguous_format,
+                                                              copy=True))
         return features
