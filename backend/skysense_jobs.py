@@ -15,8 +15,11 @@ Outputs:
 - prototypes: ``prototypes.tif`` (prototype index 0..N_p-1 of the pixel's region, uint8 or uint16 by N_p,
   nodata the dtype's maximum, colour table from :func:`prototype_palette`, QML), ``prototype_similarity.tif``
   (float32 cosine similarity to that prototype, eq. 11, nodata NaN): two files because the two bands have
-  different dtypes; ``prototypes.json`` (regions seen, palette, per-prototype nearest class when a head
-  exists).
+  different dtypes; ``prototype_similarities.tif`` (int16, the cosine similarity x 10000 to every
+  prototype of the cell's region, one band each, then the region index: what an identify click in QGIS
+  reads without torch); ``prototypes.json`` (regions seen, palette, per-prototype nearest class when a head
+  exists, how to read the similarities); ``regions.gpkg`` (the lat/lon cells of the regions, clipped to the
+  grid) when the area spans more than one region.
 """
 
 from __future__ import annotations
@@ -26,7 +29,10 @@ import hashlib
 import json
 import os
 import platform
+import shutil
+from collections import deque
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -40,11 +46,15 @@ from rasterio.windows import Window
 
 from . import __version__
 from .errors import UserError
+from .inference.predictor import LocalPredictor, TilePredictor, make_predictor
+from .inference.skysense_model import SkySenseTileModel, skysense_spec
 from .models.skysense import SkySense, create_skysense, list_skysense
+from .models.skysense.config import SkySenseConfig
 from .models.skysense.heads import classify_polygons, polygon_pool
-from .models.skysense.model import WEIGHTS_NAME
+from .models.skysense.model import CONFIG_NAME, WEIGHTS_NAME
 from .models.skysense.pretraining import learn_prototypes
 from .models.skysense.prototype_map import nearest_class_per_prototype, prototype_map_from_similarity, prototype_palette
+from .models.skysense.registry import BUNDLED_SKYSENSE, bundled_skysense_folder, skysense_config
 from .progress import Progress
 from .raster.area import read_area
 from .raster.stack import InputStack, ModalityInputs, common_grid, modality_inputs, open_stack, split_list
@@ -74,19 +84,49 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_model(spec: str, seed: int) -> LoadedModel:
-    """A SkySense folder (``from_pretrained``) or a registered configuration built with random weights."""
-    folder = Path(spec)
-    if folder.is_dir():
-        model = SkySense.from_pretrained(folder)
-        return LoadedModel(model, str(folder.resolve()), _sha256(folder / WEIGHTS_NAME), [])
+def resolve_model(spec: str) -> Path | str:
+    """``spec`` as a SkySense folder (a path, or the name of a bundled model such as
+    ``terrafuse-tiny-skysense``) or a registered configuration name; a clear error otherwise."""
+    bundled = bundled_skysense_folder(spec)
+    if bundled is not None:
+        return bundled
+    if Path(spec).is_dir():
+        return Path(spec)
     if spec in list_skysense():
-        torch.manual_seed(seed)
-        model = create_skysense(spec).eval()
-        return LoadedModel(model, spec, None, [f"The model '{spec}' was built with random weights: its outputs show "
-                                               "the pipeline, not land cover; load a trained SkySense folder"])
-    raise UserError(f"The model '{spec}' is neither a SkySense folder nor a known configuration "
-                    f"({', '.join(list_skysense())})")
+        return spec
+    raise UserError(f"The model '{spec}' is neither a SkySense folder nor a known model "
+                    f"({', '.join([*BUNDLED_SKYSENSE, *list_skysense()])})")
+
+
+def model_config(spec: str) -> SkySenseConfig:
+    """The configuration of the model ``spec`` without loading its weights (what the inputs must give)."""
+    resolved = resolve_model(spec)
+    if isinstance(resolved, str):
+        return skysense_config(resolved)
+    config_path = resolved / CONFIG_NAME
+    try:
+        data = json.loads(config_path.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise UserError(f"{config_path} cannot be read as a SkySense configuration: {exc}") from None
+    return SkySenseConfig.from_json(data, str(config_path))
+
+
+def load_model(spec: str, seed: int) -> LoadedModel:
+    """A SkySense folder (``from_pretrained``; a bundled model by name) or a registered configuration
+    built with random weights."""
+    folder = resolve_model(spec)
+    if isinstance(folder, Path):
+        model = SkySense.from_pretrained(folder)
+        warnings = []
+        base = model.config.training.get("base_model")
+        if base in list_skysense() and not model.config.training.get("base_checkpoint_sha256"):
+            warnings.append(f"The head of this model was trained on the features of '{base}' with random weights: "
+                            "it separates the classes it was shown, but a pretrained SkySense maps far better")
+        return LoadedModel(model, str(folder.resolve()), _sha256(folder / WEIGHTS_NAME), warnings)
+    torch.manual_seed(seed)
+    model = create_skysense(spec).eval()
+    return LoadedModel(model, spec, None, [f"The model '{spec}' was built with random weights: its outputs show "
+                                           "the pipeline, not land cover; load a trained SkySense folder"])
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -106,7 +146,9 @@ def gather_inputs(params: dict[str, Any], model: SkySense) -> list[ModalityInput
 
 
 def default_tile_px(model: SkySense) -> int:
-    """The Sentinel encoders' training size when the model has one, else 64 grid cells."""
+    """The tile its head was trained on, else the Sentinel encoders' training size, else 64 grid cells."""
+    if model.config.training.get("tile_px"):
+        return int(model.config.training["tile_px"])
     for m in ("s2", "s1"):
         encoder = model.config.encoders.get(m)
         if encoder is not None and encoder.timm_kwargs.get("img_size"):
@@ -123,7 +165,8 @@ def prepare_stack(params: dict[str, Any], model: SkySense) -> tuple[InputStack, 
     tile_px = int(params.get("tile_px") or default_tile_px(model))
     stack = open_stack(modalities, grid, tile_px)
     try:
-        stack.compute_normalisation()
+        # A trained head's own normalisation first: training and prediction must see the same values.
+        stack.compute_normalisation(only=stack.set_normalisation(model.config.normalisation))
     except BaseException:
         stack.__exit__(None, None, None)
         raise
@@ -142,32 +185,71 @@ def _area_mask(geometries: list[dict[str, Any]] | None, stack: InputStack, windo
 @dataclass
 class TileOutput:
     window: Window  # the tile's window on the grid, cropped to the grid
-    outputs: dict[str, Any]  # the model's outputs for this one sample (batch of 1 kept)
+    outputs: dict[str, Any]  # the model's outputs for this one sample (batch of 1 kept), as CPU tensors
     valid: np.ndarray  # (h, w) cells with data and inside the area, cropped like the window
 
 
-def map_tiles(stack: InputStack, model: SkySense, geometries: list[dict[str, Any]] | None, batch_size: int,
-              progress: Progress, device: torch.device) -> Iterator[TileOutput]:
-    """SkySense over the grid, tile by tile (batched), with the fused grid forced to the tile's cells."""
+@dataclass
+class _BatchTiles:
+    """What the driver keeps of a batch while the model runs it: its windows, their validity, the tiles
+    sent (those with a valid cell) and how many of the grid's tiles are read up to it."""
+
+    windows: list[Window]
+    valid: np.ndarray
+    keep: list[int]
+    read: int
+
+
+def tile_predictor(job: str, params: dict[str, Any], model: SkySense, model_ref: str, seed: int,
+                   outputs: tuple[str, ...]) -> TilePredictor:
+    """Where the tiles run: on the Ray cluster ``params["cluster"]`` names (its actors load ``model_ref``, a
+    folder or configuration the workers can load as this process did), else in this process on the model
+    already loaded (loading it again would hold it twice), with the tiles read ahead in a thread."""
+    if params.get("cluster"):
+        return make_predictor(skysense_spec(job, model_ref, seed, outputs), params)
+    device = next(model.parameters()).device
+    return LocalPredictor(SkySenseTileModel(model, device, outputs), prefetch=int(params.get("prefetch") or 2))
+
+
+def map_tiles(stack: InputStack, predictor: TilePredictor, geometries: list[dict[str, Any]] | None,
+              batch_size: int, progress: Progress) -> Iterator[TileOutput]:
+    """SkySense over the grid, tile by tile (batched), with the fused grid forced to the tile's cells. The
+    batches are read in the predictor's reading thread (or fed to a cluster) while the caller writes the
+    tiles before them; tiles without a valid cell are not sent."""
     tiles = stack.tiles()
     total = len(tiles)
+    size = max(1, batch_size)
+    sent: deque[_BatchTiles] = deque()  # per batch handed to the predictor, in order
+
+    def batches() -> Iterator[dict[str, Any]]:
+        # Runs in the predictor's reading thread, which alone reads the stack while it runs.
+        for start in range(0, total, size):
+            windows = tiles[start:start + size]
+            inputs, valid = stack.read_batch(windows)
+            valid &= np.stack([_area_mask(geometries, stack, w) for w in windows])
+            keep = [i for i in range(len(windows)) if valid[i].any()]
+            if keep:
+                sent.append(_BatchTiles(windows, valid, keep, min(total, start + len(windows))))
+                batch = {k: v[keep].numpy() if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
+                yield {**batch, "grid_hw": (stack.tile_px, stack.tile_px)}
+
     progress.update(0, total, f"0 of {total} tiles")
-    for start in range(0, total, max(1, batch_size)):
-        windows = tiles[start:start + max(1, batch_size)]
-        inputs, valid = stack.read_batch(windows)
-        valid &= np.stack([_area_mask(geometries, stack, w) for w in windows])
-        keep = [i for i in range(len(windows)) if valid[i].any()]
-        if keep:
-            batch = {k: v[keep].to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()}
-            with torch.inference_mode():
-                out = model(batch, grid_hw=(stack.tile_px, stack.tile_px))
-            for j, i in enumerate(keep):
-                w = windows[i]
+    outputs = predictor.map(batches())
+    try:
+        for out in outputs:
+            meta = sent.popleft()
+            for j, i in enumerate(meta.keep):
+                w = meta.windows[i]
                 height = min(stack.tile_px, stack.grid.height - int(w.row_off))
                 width = min(stack.tile_px, stack.grid.width - int(w.col_off))
-                sample = {k: (v[j:j + 1].cpu() if isinstance(v, torch.Tensor) else v) for k, v in out.items()}
-                yield TileOutput(Window(w.col_off, w.row_off, width, height), sample, valid[i, :height, :width])
-        progress.update(min(total, start + len(windows)), total, f"{min(total, start + len(windows))} of {total} tiles")
+                # A cluster's results are read-only views of Ray's object store: copied (one tile) for torch.
+                sample = {k: torch.from_numpy(v[j:j + 1] if v.flags.writeable else v[j:j + 1].copy())
+                          for k, v in out.items()}
+                yield TileOutput(Window(w.col_off, w.row_off, width, height), sample, meta.valid[i, :height, :width])
+            progress.update(meta.read, total, f"{meta.read} of {total} tiles")
+    finally:
+        outputs.close()  # on a cancel or an error, the reading stops here
+    progress.update(total, total, f"{total} of {total} tiles")
 
 
 def learn_on_area(stack: InputStack, model: SkySense, geometries: list[dict[str, Any]] | None, epochs: int,
@@ -253,8 +335,10 @@ def _versions() -> dict[str, str]:
 
 
 def _provenance(job: str, loaded: LoadedModel, params: dict[str, Any], stack: InputStack,
-                modalities: list[ModalityInputs], device: torch.device) -> dict[str, Any]:
+                modalities: list[ModalityInputs], device: torch.device,
+                predictor: TilePredictor | None = None) -> dict[str, Any]:
     grid = stack.grid
+    cluster = {"cluster": predictor.provenance["cluster"]} if predictor and "cluster" in predictor.provenance else {}
     return {
         "job": job, "model": loaded.name, "model_config": loaded.model.config.name,
         "checkpoint_sha256": loaded.checkpoint_sha256, "parameters": dict(params),
@@ -263,7 +347,8 @@ def _provenance(job: str, loaded: LoadedModel, params: dict[str, Any], stack: In
         "grid": {"crs": grid.crs.to_string(), "gsd_m": grid.gsd_m, "width": grid.width, "height": grid.height,
                  "tile_px": stack.tile_px, "hr_factor": stack.modalities["hr"].factor if "hr" in stack.modalities
                  else None},
-        "device": str(device), "terrafuse": __version__, "versions": _versions(),
+        "device": str((predictor.provenance.get("device") if predictor else None) or device), **cluster,
+        "terrafuse": __version__, "versions": _versions(),
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }
 
@@ -284,32 +369,54 @@ def run_classify(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     loaded = load_model(params["model"], int(params.get("seed") or 0))
     model, device = loaded.model, _device()
     if model.head is None:
-        raise UserError(f"The model '{params['model']}' has no classifier head; choose a SkySense folder with a "
-                        "trained head (the prototypes job works without one)")
+        raise UserError(f"The model '{params['model']}' has no classifier head: train one from labels first "
+                        "(the task 'Train a SkySense head from labels', or python -m backend train-skysense "
+                        "--labels LABELS.gpkg --s2 ... --out HEAD), then classify with that folder as the model; "
+                        "the prototypes task works without a head")
     classes = model.config.classes
     bad = [c for c in classes if not 0 <= int(c["id"]) < CLASS_NODATA]
     if bad:
         raise UserError(f"Class ids must lie in 0..254 to fit the class raster; {bad[0]['name']} has {bad[0]['id']}")
     class_ids = np.array([int(c["id"]) for c in classes], dtype=np.uint8)
-    model.to(device)
+    if not params.get("cluster"):  # on a cluster the actors hold the model; the driver only pools polygons
+        model.to(device)
     polygons = _read_polygons(params["polygons"]) if params.get("polygons") else None
     stack, modalities, geometries = prepare_stack(params, model)
     with stack:
-        provenance = _provenance("classify", loaded, params, stack, modalities, device)
         files = OutputFiles(params["out"])
         try:
-            result = _classify(params, progress, model, stack, geometries, polygons, files, provenance, class_ids)
+            outputs = ("logits", "features") if polygons is not None else ("logits",)
+            predictor = tile_predictor("classify", params, model, params["model"], int(params.get("seed") or 0),
+                                       outputs)
+            try:
+                provenance = _provenance("classify", loaded, params, stack, modalities, device, predictor)
+                result = _classify(params, progress, model, stack, geometries, polygons, files, provenance,
+                                   class_ids, predictor)
+            finally:
+                predictor.close()
             files.commit()
         except BaseException:
             files.discard()
             raise
-    result.update({"provenance": provenance, "warnings": loaded.warnings + result.get("warnings", [])})
+    result.update({"provenance": provenance,
+                   "warnings": loaded.warnings + modality_warnings(model, modalities) + result.get("warnings", [])})
     return result
+
+
+def modality_warnings(model: SkySense, modalities: list[ModalityInputs]) -> list[str]:
+    """A head trained on other modalities than those given still runs (SkySense takes any subset), but its
+    classes were learned on other fused features: say so."""
+    trained = model.config.training.get("modalities")
+    given = [m.name for m in modalities]
+    if trained and sorted(trained) != sorted(given):
+        return [f"The head was trained on {', '.join(trained)} and is applied to {', '.join(given)}: expect "
+                "other results than its validation figures; train it on the same inputs"]
+    return []
 
 
 def _classify(params: dict[str, Any], progress: Progress, model: SkySense, stack: InputStack,
               geometries: list[dict[str, Any]] | None, polygons: PolygonLayer | None, files: OutputFiles,
-              provenance: dict[str, Any], class_ids: np.ndarray) -> dict[str, Any]:
+              provenance: dict[str, Any], class_ids: np.ndarray, predictor: TilePredictor) -> dict[str, Any]:
     classes = model.config.classes
     out = Path(params["out"])
     counts = np.zeros(len(classes), dtype=np.int64)
@@ -323,22 +430,22 @@ def _classify(params: dict[str, Any], progress: Progress, model: SkySense, stack
     try:
         classes_dst.write_colormap(1, _colormap(classes, 256))
         classes_dst.update_tags(**{f"CLASS_{int(c['id'])}": c["name"] for c in classes})
-        for tile in map_tiles(stack, model, geometries, int(params.get("batch_size") or 4), progress,
-                              next(model.parameters()).device):
-            probabilities = torch.softmax(tile.outputs["logits"][0].float(), dim=0).numpy()
-            index = probabilities.argmax(axis=0)
-            _write_window(classes_dst, class_ids[index], tile, CLASS_NODATA)
-            h, w = tile.valid.shape
-            counts += np.bincount(index[:h, :w][tile.valid], minlength=len(classes))
-            if confidence_dst is not None:
-                _write_window(confidence_dst, probabilities.max(axis=0), tile, SCORE_NODATA)
-            if pooled is not None and local_polygons is not None:
-                ids = rasterize(local_polygons, out_shape=(stack.tile_px, stack.tile_px), fill=0, dtype="int32",
-                                transform=rasterio.windows.transform(tile.window, stack.grid.transform))
-                ids[:h, :w][~tile.valid] = 0
-                ids[h:, :] = 0
-                ids[:, w:] = 0
-                pooled.add(tile.outputs["features"], torch.from_numpy(ids).long()[None])
+        with closing(map_tiles(stack, predictor, geometries, int(params.get("batch_size") or 4), progress)) as tiles:
+            for tile in tiles:
+                probabilities = torch.softmax(tile.outputs["logits"][0].float(), dim=0).numpy()
+                index = probabilities.argmax(axis=0)
+                _write_window(classes_dst, class_ids[index], tile, CLASS_NODATA)
+                h, w = tile.valid.shape
+                counts += np.bincount(index[:h, :w][tile.valid], minlength=len(classes))
+                if confidence_dst is not None:
+                    _write_window(confidence_dst, probabilities.max(axis=0), tile, SCORE_NODATA)
+                if pooled is not None and local_polygons is not None:
+                    ids = rasterize(local_polygons, out_shape=(stack.tile_px, stack.tile_px), fill=0, dtype="int32",
+                                    transform=rasterio.windows.transform(tile.window, stack.grid.transform))
+                    ids[:h, :w][~tile.valid] = 0
+                    ids[h:, :] = 0
+                    ids[:, w:] = 0
+                    pooled.add(tile.outputs["features"], torch.from_numpy(ids).long()[None])
     finally:
         classes_dst.close()
         if confidence_dst is not None:
@@ -393,8 +500,10 @@ class PolygonPooling:
         ids = torch.where(self.cells > 0, torch.arange(1, count + 1), 0)[None, None, :]
         if model.head is None:
             raise UserError("Polygons are classified by the model's head, and this model has none")
+        device = next(model.head.parameters()).device
         with torch.inference_mode():
-            return classify_polygons(model.head, features, ids, count, top_k=top_k)
+            results = classify_polygons(model.head, features.to(device), ids.to(device), count, top_k=top_k)
+        return results[0].cpu(), results[1].cpu(), results[2].cpu()
 
 
 @dataclass
@@ -481,11 +590,25 @@ def run_prototypes(params: dict[str, Any], progress: Progress) -> dict[str, Any]
         if params.get("learn") == "prototypes":
             torch.manual_seed(seed)
             learned_tiles = learn_on_area(stack, model, geometries, int(params.get("epochs") or 5), progress, device)
-        provenance = _provenance("prototypes", loaded, params, stack, modalities, device)
-        provenance["learned_tiles"] = learned_tiles
         files = OutputFiles(params["out"])
+        # The learned prototypes live in this process only: a cluster's actors load them from a scratch copy
+        # in the output folder (where every node of a cluster that writes there can read them), removed after.
+        learned = files.folder / f".learned-{os.getpid()}" if learned_tiles and params.get("cluster") else None
         try:
-            result = _prototypes(params, progress, model, stack, geometries, files, provenance)
+            try:
+                if learned is not None:
+                    model.save_pretrained(learned)
+                predictor = tile_predictor("prototypes", params, model, str(learned or params["model"]), seed,
+                                           ("prototype_similarity", "region"))
+                try:
+                    provenance = _provenance("prototypes", loaded, params, stack, modalities, device, predictor)
+                    provenance["learned_tiles"] = learned_tiles
+                    result = _prototypes(params, progress, model, stack, geometries, files, provenance, predictor)
+                finally:
+                    predictor.close()
+            finally:
+                if learned is not None:
+                    shutil.rmtree(learned, ignore_errors=True)
             if params.get("save_model"):
                 progress.check()
                 model.save_pretrained(params["save_model"])
@@ -502,7 +625,7 @@ def run_prototypes(params: dict[str, Any], progress: Progress) -> dict[str, Any]
 
 def _prototypes(params: dict[str, Any], progress: Progress, model: SkySense, stack: InputStack,
                 geometries: list[dict[str, Any]] | None, files: OutputFiles,
-                provenance: dict[str, Any]) -> dict[str, Any]:
+                provenance: dict[str, Any], predictor: TilePredictor) -> dict[str, Any]:
     out = Path(params["out"])
     per_region = model.config.prototypes_per_region
     dtype, nodata = ("uint8", 255) if per_region < 255 else ("uint16", 65535)
@@ -511,34 +634,123 @@ def _prototypes(params: dict[str, Any], progress: Progress, model: SkySense, sta
     index_dst = _raster(files.partial("prototypes.tif"), stack, dtype, nodata, "prototype index", provenance)
     similarity_dst = _raster(files.partial("prototype_similarity.tif"), stack, "float32", float("nan"),
                              "cosine similarity to the prototype (eq. 11)", provenance)
+    all_dst = None
+    if params.get("similarities", True):
+        all_dst = _similarities_raster(files.partial(SIMILARITIES_NAME), stack, per_region, provenance)
     regions: dict[int, np.ndarray] = {}
     try:
         index_dst.write_colormap(1, _colormap(palette, 256 if dtype == "uint8" else per_region + 1))
-        for tile in map_tiles(stack, model, geometries, int(params.get("batch_size") or 4), progress,
-                              next(model.parameters()).device):
-            pmap = prototype_map_from_similarity(tile.outputs["prototype_similarity"].float(), tile.outputs["region"])
-            assignment = pmap.assignment[0].numpy()
-            _write_window(index_dst, assignment, tile, nodata)
-            _write_window(similarity_dst, pmap.similarity[0].numpy(), tile, np.nan)
-            h, w = tile.valid.shape
-            region = int(pmap.region[0])
-            counts = np.bincount(assignment[:h, :w][tile.valid], minlength=per_region)
-            regions[region] = regions.get(region, 0) + counts
+        with closing(map_tiles(stack, predictor, geometries, int(params.get("batch_size") or 4), progress)) as tiles:
+            for tile in tiles:
+                similarity = tile.outputs["prototype_similarity"].float()
+                pmap = prototype_map_from_similarity(similarity, tile.outputs["region"])
+                assignment = pmap.assignment[0].numpy()
+                _write_window(index_dst, assignment, tile, nodata)
+                _write_window(similarity_dst, pmap.similarity[0].numpy(), tile, np.nan)
+                h, w = tile.valid.shape
+                region = int(pmap.region[0])
+                if all_dst is not None:
+                    _write_similarities(all_dst, similarity[0].numpy(), region, tile)
+                counts = np.bincount(assignment[:h, :w][tile.valid], minlength=per_region)
+                regions[region] = regions.get(region, 0) + counts
     finally:
         index_dst.close()
         similarity_dst.close()
+        if all_dst is not None:
+            all_dst.close()
     files.partial("prototypes.qml").write_text(paletted_raster_qml(palette), encoding="utf-8")
     document = _prototype_document(model, regions, palette)
-    files.partial("prototypes.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
     outputs = {"prototypes": str(out / "prototypes.tif"), "similarity": str(out / "prototype_similarity.tif"),
                "json": str(out / "prototypes.json")}
+    if all_dst is not None:
+        outputs["similarities"] = str(out / SIMILARITIES_NAME)
+        document["similarities"] = {"file": SIMILARITIES_NAME, "scale": SIMILARITY_SCALE,
+                                    "nodata": SIMILARITY_NODATA, "region_band": per_region + 1,
+                                    "bands": f"1..{per_region}: round(cosine similarity x {SIMILARITY_SCALE}) to "
+                                             f"prototype 0..{per_region - 1} of the cell's region; "
+                                             f"{per_region + 1}: the region"}
+    files.partial("prototypes.json").write_text(json.dumps(document, indent=2), encoding="utf-8")
     layers = [
         {"path": outputs["prototypes"], "kind": "raster", "name": "SkySense prototypes",
          "qml": str(out / "prototypes.qml"), "visible": True},
         {"path": outputs["similarity"], "kind": "raster", "name": "SkySense prototype similarity", "visible": False},
     ]
+    if len(regions) > 1:
+        outputs["regions"] = str(out / "regions.gpkg")
+        _write_regions(files.partial("regions.gpkg"), model, sorted(regions), stack)
+        files.partial("regions.qml").write_text(REGIONS_QML, encoding="utf-8")
+        layers.insert(0, {"path": outputs["regions"], "kind": "vector", "name": "SkySense prototype regions",
+                          "qml": str(out / "regions.qml"), "visible": True})
     return {"outputs": outputs, "layers": layers, "regions": [r["region"] for r in document["regions"]],
             "grid": provenance["grid"]}
+
+
+#: The prototype regions as dashed outlines, labelled with their index (a QGIS style, written by hand as the
+#: other QML: the backend never imports qgis).
+REGIONS_QML = """<!DOCTYPE qgis PUBLIC 'http://mrcc.com/qgis.dtd' 'SYSTEM'>
+<qgis version="3.22.0" styleCategories="Symbology|Labeling">
+  <renderer-v2 type="singleSymbol" symbollevels="0" enableorderby="0" forceraster="0">
+    <symbols>
+      <symbol type="fill" name="0" alpha="1" clip_to_extent="1" force_rhr="0">
+        <layer class="SimpleFill" enabled="1" locked="0" pass="0">
+          <prop k="color" v="0,0,0,0"/><prop k="style" v="no"/><prop k="outline_color" v="20,20,20,255"/>
+          <prop k="outline_style" v="dash"/><prop k="outline_width" v="0.6"/><prop k="outline_width_unit" v="MM"/>
+        </layer>
+      </symbol>
+    </symbols>
+  </renderer-v2>
+  <labeling type="simple">
+    <settings calloutType="simple">
+      <text-style fieldName="'region ' || &quot;region&quot;" isExpression="1" fontSize="9" textColor="20,20,20,255"/>
+      <placement placement="1"/>
+    </settings>
+  </labeling>
+</qgis>
+"""
+
+#: The per-prototype similarities an identify click reads: int16 scaled by SIMILARITY_SCALE (half the bytes of
+#: float32 for N_p bands, and 1e-4 is finer than any decision taken on a cosine similarity).
+SIMILARITIES_NAME = "prototype_similarities.tif"
+SIMILARITY_SCALE = 10000
+SIMILARITY_NODATA = -32768
+
+
+def _similarities_raster(path: Path, stack: InputStack, per_region: int,
+                         provenance: dict[str, Any]) -> rasterio.io.DatasetWriter:
+    grid = stack.grid
+    dst = rasterio.open(path, "w", driver="GTiff", width=grid.width, height=grid.height, count=per_region + 1,
+                        dtype="int16", crs=grid.crs, transform=grid.transform, nodata=SIMILARITY_NODATA,
+                        compress="deflate", predictor=2, tiled=True, blockxsize=BLOCK_PX, blockysize=BLOCK_PX,
+                        interleave="pixel", BIGTIFF="IF_SAFER")
+    for i in range(per_region):
+        dst.set_band_description(i + 1, f"prototype {i} (cosine similarity x {SIMILARITY_SCALE})")
+    dst.set_band_description(per_region + 1, "region")
+    dst.update_tags(TERRAFUSE_PROVENANCE=json.dumps(provenance, default=str), SIMILARITY_SCALE=str(SIMILARITY_SCALE))
+    return dst
+
+
+def _write_similarities(dst: rasterio.io.DatasetWriter, similarity: np.ndarray, region: int,
+                        tile: TileOutput) -> None:
+    """One tile's similarities to every prototype (N_p, h, w) and its region, nodata outside the valid cells."""
+    h, w = tile.valid.shape
+    scaled = np.rint(np.clip(similarity[:, :h, :w], -1.0, 1.0) * SIMILARITY_SCALE).astype(np.int16)
+    values = np.concatenate([scaled, np.full((1, h, w), region, dtype=np.int16)])
+    dst.write(np.where(tile.valid[None], values, SIMILARITY_NODATA).astype(np.int16), window=tile.window)
+
+
+def _write_regions(path: Path, model: SkySense, regions: list[int], stack: InputStack) -> None:
+    """The prototype regions the area spans (their lat/lon cells, clipped to the grid), for the map."""
+    import pyogrio.raw
+    import shapely
+    from rasterio.warp import transform_bounds
+
+    area = shapely.box(*transform_bounds(stack.grid.crs, "EPSG:4326", *stack.grid.bounds, densify_pts=21))
+    cells = [shapely.box(*model.regions.bounds(r)).intersection(area) for r in regions]
+    bounds = [model.regions.bounds(r) for r in regions]
+    fields = [np.array(regions, dtype=np.int32)] + [np.array([b[k] for b in bounds]) for k in range(4)]
+    pyogrio.raw.write(str(path), shapely.to_wkb(np.asarray(cells, dtype=object)), fields,
+                      ["region", "west", "south", "east", "north"], driver="GPKG", layer="regions",
+                      geometry_type="Polygon", crs="EPSG:4326")
 
 
 def _prototype_document(model: SkySense, regions: dict[int, np.ndarray],

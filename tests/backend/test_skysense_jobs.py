@@ -26,7 +26,10 @@ from backend.models.skysense import SkySense
 from backend.models.skysense.config import S2_BANDS
 from backend.progress import Progress
 from backend.skysense_jobs import run_classify, run_prototypes
+from backend.skysense_series import run_series
+from backend.skysense_train import run_train_skysense
 from tests.backend.models.skysense.tiny import CLASSES, micro_config
+from tests.conftest import BACKEND_PYTHON, ROOT
 
 UTM = CRS.from_epsg(32632)
 #: 400 m x 400 m near Milan, in UTM 32N: 40 x 40 Sentinel-2 pixels, one grid of 40 x 40 cells at 10 m.
@@ -175,6 +178,40 @@ def test_prototypes_write_index_similarity_and_nearest_classes(scene: dict[str, 
     assert region["region"] == 2 * 8 + 4
     assert sum(p["pixels"] for p in region["prototypes"]) == int(valid.sum())
     assert {p["nearest_class"]["name"] for p in region["prototypes"]} <= {"water", "crop", "built"}
+    # What an identify click reads: the similarity to every prototype of the cell's region, and the region.
+    assert document["similarities"]["region_band"] == 17
+    with rasterio.open(result["outputs"]["similarities"]) as src:
+        every = src.read()
+        assert (src.count, src.dtypes[0], src.nodata) == (17, "int16", -32768)
+    scale = document["similarities"]["scale"]
+    assert np.all(every[:16, valid].argmax(axis=0) == index[valid])
+    assert np.allclose(every[:16, valid].max(axis=0) / scale, similarity[valid], atol=1.0 / scale)
+    assert set(np.unique(every[16, valid])) == {2 * 8 + 4}
+    assert np.all(every[:, ~valid] == -32768)
+    assert "regions" not in result["outputs"]  # one region: no boundaries to draw
+
+
+def test_prototype_regions_are_drawn_where_the_area_spans_two(scene: dict[str, Any], tmp_path: Path) -> None:
+    """400 m around 0 E, 45 N: the tiny model's regions (22.5 x 45 degree cells) meet there, four of them."""
+    mercator = CRS.from_epsg(3857)
+    box = (-200.0, 5621300.0, 200.0, 5621700.0)  # 45 N is y = 5621521 in EPSG:3857
+    s2 = _write(tmp_path / "S2_20230610.tif", _pattern((10, 40, 40), 4, 3000).astype(np.uint16), mercator, box,
+                list(S2_BANDS))
+    result = run_prototypes(_params("prototypes", scene, tmp_path / "out", (), s2=s2, tile_px=20), Progress())
+    assert sorted(result["regions"]) == [11, 12, 19, 20]  # rows 1-2 (north, south of 45 N), columns 3-4
+    meta, _, wkb, fields = pyogrio.raw.read(result["outputs"]["regions"])
+    assert meta["crs"] == "EPSG:4326"
+    cells = dict(zip(fields[0].tolist(), shapely.from_wkb(wkb)))
+    assert sorted(cells) == [11, 12, 19, 20]
+    assert cells[11].bounds[2] == pytest.approx(0.0)
+    assert cells[12].bounds[0] == pytest.approx(0.0)
+    assert cells[19].bounds[3] == pytest.approx(45.0)
+    assert cells[11].bounds[1] == pytest.approx(45.0)
+    assert result["layers"][0]["name"] == "SkySense prototype regions"
+    assert Path(result["layers"][0]["qml"]).is_file()
+    with rasterio.open(result["outputs"]["similarities"]) as src:
+        region = src.read(src.count)
+    assert [region[0, 0], region[0, -1], region[-1, 0], region[-1, -1]] == [11, 12, 19, 20]
 
 
 def test_learning_prototypes_changes_them_and_saves_the_model(scene: dict[str, Any], tmp_path: Path) -> None:
@@ -278,3 +315,130 @@ def test_cancel_leaves_no_files(scene: dict[str, Any], tmp_path: Path) -> None:
     with pytest.raises(JobCancelled):
         run_classify(_params("classify", scene, out, ("s2",), batch_size=2), cancelling())
     assert [p.name for p in out.iterdir()] == ["keep.txt"]
+
+
+# -- train-skysense: a head from drawn labels, then classify with it ------------------------------------
+def _labels(path: Path, boxes: dict[str, list[tuple[float, float, float, float]]]) -> str:
+    names, geoms = [], []
+    for name, items in boxes.items():
+        for b in items:
+            names.append(name)
+            geoms.append(shapely.box(*b))
+    pyogrio.raw.write(str(path), shapely.to_wkb(np.asarray(geoms, dtype=object)), [np.array(names, dtype=object)],
+                      ["class_name"], driver="GPKG", geometry_type="Polygon", crs="EPSG:32632")
+    return str(path)
+
+
+def _half_labels(path: Path) -> str:
+    """Four labels in the dark west half ("water") and four in the bright east half ("field")."""
+    x0, y0 = BOX[0], BOX[1]
+    west = [(x0 + 20, y0 + y, x0 + 120, y0 + y + 60) for y in (20, 120, 220, 320)]
+    east = [(x0 + 260, y0 + y, x0 + 380, y0 + y + 60) for y in (20, 120, 220, 320)]
+    return _labels(path, {"water": west, "field": east})
+
+
+def test_train_skysense_then_classify_with_the_trained_head(scene: dict[str, Any], tmp_path: Path) -> None:
+    labels = _half_labels(tmp_path / "labels.gpkg")
+    params = _params("train-skysense", scene, tmp_path / "head", ("s2", "s1"), labels=labels, tile_px=20,
+                     epochs=60, cache_dir=str(tmp_path / "cache"))
+    result = run_train_skysense(params, Progress())
+    assert result["cache"]["tiles_computed"] == result["tiles"] == 4
+    metrics = result["metrics"]
+    assert metrics["validated"]
+    assert metrics["overall_accuracy"] > 0.9, metrics
+    assert result["baseline"]["overall_accuracy"] is not None
+    model = SkySense.from_pretrained(result["model"])
+    assert [c["name"] for c in model.config.classes] == ["field", "water"]
+    assert sorted(model.config.normalisation) == ["s1", "s2"]
+    assert model.config.training["modalities"] == ["s2", "s1"]
+    # A retrain reads every tile's features from the cache and gives the same head.
+    again = run_train_skysense({**params, "out": str(tmp_path / "head2")}, Progress())
+    assert again["cache"]["tiles_computed"] == 0
+    assert again["losses"] == pytest.approx(result["losses"], rel=1e-4)
+
+    classified = run_classify(_params("classify", scene, tmp_path / "out", ("s2", "s1"), model=result["model"]),
+                              Progress())
+    assert not classified["warnings"]  # the scene's model is a folder, not a name built with random weights
+    assert classified["provenance"]["normalisation"] == model.config.normalisation
+    with rasterio.open(classified["outputs"]["classes"]) as src:
+        data = src.read(1)
+    field_id = next(c["id"] for c in model.config.classes if c["name"] == "field")
+    water_id = next(c["id"] for c in model.config.classes if c["name"] == "water")
+    assert (data[:, :15] == water_id).mean() > 0.8  # random-weight encoders: chance is 0.5
+    assert (data[:, 25:] == field_id).mean() > 0.8
+    # One modality less than the head was trained on still runs, and says so.
+    s2_only = run_classify(_params("classify", scene, tmp_path / "out2", ("s2",), model=result["model"]), Progress())
+    assert any("trained on s2, s1" in w for w in s2_only["warnings"])
+
+
+def test_train_skysense_refuses_labels_it_cannot_learn_from(scene: dict[str, Any], tmp_path: Path) -> None:
+    x0, y0 = BOX[0], BOX[1]
+    one_class = _labels(tmp_path / "one.gpkg", {"water": [(x0 + 20, y0 + 20, x0 + 100, y0 + 100),
+                                                          (x0 + 20, y0 + 200, x0 + 100, y0 + 300)]})
+    with pytest.raises(UserError, match="at least two classes"):
+        run_train_skysense(_params("train-skysense", scene, tmp_path / "h", ("s2",), labels=one_class), Progress())
+    elsewhere = _labels(tmp_path / "far.gpkg", {"a": [(x0 + 9000, y0, x0 + 9100, y0 + 100)],
+                                                "b": [(x0 + 9200, y0, x0 + 9300, y0 + 100)]})
+    with pytest.raises(UserError, match="outside the raster"):
+        run_train_skysense(_params("train-skysense", scene, tmp_path / "h", ("s2",), labels=elsewhere), Progress())
+    assert not (tmp_path / "h").exists()
+
+
+def test_classify_without_a_head_points_to_training(scene: dict[str, Any], tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="train-skysense"):
+        run_classify(_params("classify", scene, tmp_path / "c", ("s2",), model="skysense-tiny"), Progress())
+
+
+@pytest.mark.slow  # three interpreters that import torch and timm: about a minute on two cores
+def test_train_then_classify_from_the_shell(scene: dict[str, Any], tmp_path: Path) -> None:
+    """What the README and the demo run: two commands, JSON out, a user error is one line and exit code 2."""
+    import subprocess
+
+    labels = _half_labels(tmp_path / "labels.gpkg")
+    s2 = ",".join(scene["s2"])
+    command = [str(BACKEND_PYTHON), "-m", "backend"]
+    train = subprocess.run([*command, "train-skysense", "--model", scene["model"], "--labels", labels, "--s2", s2,
+                            "--tile-px", "20", "--out", str(tmp_path / "head"), "--cache-dir", str(tmp_path / "cache"),
+                            "--no-baseline"], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert train.returncode == 0, train.stderr
+    assert json.loads(train.stdout)["metrics"]["validated"]
+    classify = subprocess.run([*command, "classify", "--model", str(tmp_path / "head"), "--s2", s2,
+                               "--out", str(tmp_path / "out")], capture_output=True, text=True, check=False, cwd=ROOT)
+    assert classify.returncode == 0, classify.stderr
+    assert Path(json.loads(classify.stdout)["outputs"]["classes"]).is_file()
+    headless = subprocess.run([*command, "classify", "--s2", s2, "--out", str(tmp_path / "none")],
+                              capture_output=True, text=True, check=False, cwd=ROOT)
+    assert headless.returncode == 2
+    assert "train-skysense" in headless.stderr.strip().splitlines()[-1]
+
+
+# -- series: what the dock's date table shows before a job runs ------------------------------------------
+def test_series_reads_dates_and_flags_what_would_stop_a_job(scene: dict[str, Any], tmp_path: Path) -> None:
+    undated = _write(tmp_path / "sentinel2_scene.tif", _pattern((10, 40, 40), 1, 3000).astype(np.uint16), UTM, BOX,
+                     list(S2_BANDS))
+    four = _write(tmp_path / "S2_20230701.tif", _pattern((4, 40, 40), 1, 3000).astype(np.uint16), UTM, BOX)
+    far = (BOX[0] + 5000, BOX[1], BOX[2] + 5000, BOX[3])
+    elsewhere = _write(tmp_path / "S1_20230418.tif", _pattern((2, 30, 30), 3, 0.05).astype(np.float32), UTM, far,
+                       ["VV", "VH"])
+    spec = jobs.get("series")
+    result = run_series(spec.bind({"model": "skysense-tiny", "s2": ",".join([scene["s2"][0], undated, four]),
+                                   "s1": elsewhere}), Progress())
+    rows = {Path(r["path"]).name: r for r in result["rows"]}
+    assert rows["S2_20230415.tif"]["date"] == "2023-04-15"
+    assert rows["S2_20230415.tif"]["date_source"] == "filename"
+    assert rows["sentinel2_scene.tif"]["date"] is None
+    assert rows["sentinel2_scene.tif"]["problem"] is None
+    assert "lacks the bands" in rows["S2_20230701.tif"]["problem"]
+    assert result["undated"] == [undated]
+    assert any("without a date" in p for p in result["problems"])
+    assert any("do not overlap" in p for p in result["problems"])
+    # One modality only, dated and on one place: nothing to flag.
+    alone = run_series(spec.bind({"model": "skysense-tiny", "s1": ",".join(scene["s1"])}), Progress())
+    assert alone["problems"] == []
+    assert [r["date"] for r in alone["rows"]] == ["2023-04-18", "2023-06-12"]
+    # The bands asked for are the chosen model's: the bundled model reads B2, B3, B4, B8 of Sentinel-2 only.
+    bundled = run_series(spec.bind({"s2": four, "s1": elsewhere}), Progress())
+    rows = {Path(r["path"]).name: r for r in bundled["rows"]}
+    assert rows["S2_20230701.tif"]["problem"] is None
+    assert rows["S2_20230701.tif"]["bands"] == [1, 2, 3, 4]
+    assert "no encoder for Sentinel-1" in rows["S1_20230418.tif"]["problem"]

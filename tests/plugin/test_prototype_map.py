@@ -15,7 +15,9 @@ def test_prototype_map_of_the_sample(plugin, iface, sample_layer, qtbot, tmp_pat
     dock.set_task("prototypes")
     dock.set_area_mode("canvas")
     form = dock.options_form
-    form.set_value("hr", str(SAMPLE_SCENE))
+    form.set_value("model", "skysense-tiny")  # random weights, with an encoder for a high-resolution image
+    with qtbot.waitSignal(dock.jobDone, timeout=300_000, check_params_cb=lambda job, _outcome: job == "series"):
+        dock.series_table.add_paths([str(SAMPLE_SCENE)], "hr")  # the inputs come from the date table
     form.set_value("grid_gsd_m", 80.0)
     form.set_value("out", str(tmp_path / "prototypes"))
     with qtbot.waitSignal(dock.jobDone, timeout=300_000) as done:

@@ -69,6 +69,11 @@ class SkySenseConfig:
     prototypes_per_region: int = 100  # N_p
     classes: list[dict[str, Any]] = field(default_factory=list)  # {"id", "name", "colour"}; empty: no head
     description: str = ""
+    #: Per modality, the band normalisation the head was trained with ({"p2": [...], "p98": [...]}): applied
+    #: again when the model classifies, so that training and prediction see the same values.
+    normalisation: dict[str, dict[str, list[float]]] = field(default_factory=dict)
+    #: What the head's training recorded: inputs, labels, metrics, settings (empty without a trained head).
+    training: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.encoders) - set(MODALITIES))

@@ -17,6 +17,10 @@ class PixelClassifier(nn.Module):
         self.linear = nn.Linear(in_chs, num_classes)
 
     @property
+    def num_classes(self) -> int:
+        return self.linear.out_features
+
+    @property
     def class_weights(self) -> Tensor:
         return self.linear.weight
 
