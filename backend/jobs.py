@@ -96,6 +96,11 @@ class Param:
         }
 
 
+#: Where the tiles run: this machine (empty), or a Ray cluster (backend/inference/cluster.py).
+CLUSTER_PARAM = Param("cluster", "str", "Run the tiles on a Ray cluster: its address (host:port, ray://host:port, "
+                      "auto), or 'local' for a Ray instance on this machine; empty: in this process", None)
+
+
 @dataclass(frozen=True)
 class JobSpec:
     """A job: its name, title, parameters and the dotted path of its run function."""
@@ -274,10 +279,19 @@ register(
             Param("bands", "str", "Raster bands fed as red, green, blue, e.g. 3,2,1 or 1 (default: the head's)",
                   None),
             Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),
-            Param("batch_size", "int", "Tiles per backbone call", 4),
+            Param("batch_size", "int", "Tiles per backbone call (default: 4 on the CPU, 16 on a GPU; halved when "
+                  "the GPU runs out of memory)", None),
+            Param("precision", "choice", "Precision of the backbone: auto is bfloat16 (or float16) autocast on a "
+                  "GPU and float32 on the CPU", "auto", choices=("auto", "fp32", "bf16", "fp16")),
+            Param("compile", "bool", "torch.compile the backbone's blocks (pays on a GPU for large areas; falls "
+                  "back to eager mode when compiling fails)", False),
             Param("confidence", "bool", "Also write confidence.tif (blended probability of the class, 0-1)", True),
             Param("uncertainty", "bool", "Also write uncertainty.tif (normalised entropy, 0-1)", False),
             Param("polygons", "bool", "Also write classes.gpkg (class polygons)", True),
+            Param("gsd_m", "float", "Ground resolution (m) the model works at: the raster is resampled to it and the "
+                  "outputs back to the raster's grid; 0: the raster's own (default: the head's training "
+                  "resolution if it records one, else the raster's own)", None),
+            CLUSTER_PARAM,
         ),
         group="Models",
     )
@@ -307,8 +321,9 @@ register(
 )
 
 _SKYSENSE_INPUTS = (
-    Param("model", "str", "SkySense folder (config.json + model.safetensors), or a configuration name built with "
-          "random weights", "skysense-tiny"),
+    Param("model", "str", "SkySense folder (config.json + model.safetensors), a bundled model's name, or a "
+          "configuration name built with random weights (skysense-tiny, skysense-paper)",
+          "terrafuse-tiny-skysense"),
     Param("out", "output_folder", "Folder the outputs are written into"),
     Param("hr", "raster", "High-resolution optical image (R, G, B)", None),
     Param("s2", "str", "Sentinel-2 series: comma-separated raster paths, one per date", None),
@@ -343,6 +358,54 @@ register(
                   None),
             Param("top_k", "int", "Classes listed per polygon", 3),
             Param("confidence", "bool", "Also write confidence.tif (probability of the class)", True),
+            CLUSTER_PARAM,
+        ),
+        group="SkySense",
+    )
+)
+
+register(
+    JobSpec(
+        name="series",
+        title="Dates and checks of SkySense inputs",
+        help=(
+            "For each raster of a high-resolution image, a Sentinel-2 and a Sentinel-1 series: its date (metadata, "
+            "then file name), its bands, and what would stop a SkySense job (no CRS, missing bands, no date, "
+            "rasters that do not overlap). What the dock's date table shows."
+        ),
+        target="backend.skysense_series:run_series",
+        params=tuple(p for p in _SKYSENSE_INPUTS if p.name in ("model", "hr", "s2", "s2_bands", "s1", "s1_bands",
+                                                              "grid_gsd_m")),
+        group="SkySense",
+    )
+)
+
+register(
+    JobSpec(
+        name="train-skysense",
+        title="Train a SkySense head from labels",
+        help=(
+            "Trains SkySense's per-pixel classifier head on the labelled cells of a labels layer (class_name, "
+            "optionally class_id and colour) from any of a high-resolution image, a Sentinel-2 and a Sentinel-1 "
+            "series: the fused features of the labelled tiles are cached on disk (a retrain after a new label "
+            "computes only its tiles), whole labels are held out in spatial blocks for validation, a random "
+            "forest on every band of every date is scored as a baseline; saves the model with its head (a "
+            "SkySense folder for the classify task)."
+        ),
+        target="backend.skysense_train:run_train_skysense",
+        params=tuple(p for p in _SKYSENSE_INPUTS if p.name != "out") + (
+            Param("labels", "vector", "Labels layer (GeoPackage; field class_name, optionally class_id, colour)"),
+            Param("out", "output_folder", "Folder the SkySense model with its trained head is saved into"),
+            Param("epochs", "int", "Most training epochs (a linear head on cached features: each takes "
+                  "milliseconds)", 100),
+            Param("patience", "int", "Epochs without a better hold-out loss before training stops (0: never)", 15),
+            Param("learning_rate", "float", "AdamW learning rate (linear warm-up, then cosine decay)", 3e-2),
+            Param("validation_fraction", "float", "Share of each class's labels (in spatial blocks) held out for "
+                  "validation", 0.2),
+            Param("baseline", "bool", "Also score a per-pixel random forest on every band of every date", True),
+            Param("cache_dir", "str", "Folder of the feature cache (default: <Terrafuse cache>/features)", None),
+            Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
+                  "first)", 2048),
         ),
         group="SkySense",
     )
@@ -364,6 +427,9 @@ register(
                   choices=("none", "prototypes")),
             Param("epochs", "int", "Passes over the area's tiles when learning", 5),
             Param("save_model", "output_folder", "Folder the model (with learned prototypes) is saved into", None),
+            Param("similarities", "bool", "Also write prototype_similarities.tif (the similarity to every prototype "
+                  "of the region, what a click on the map lists)", True),
+            CLUSTER_PARAM,
         ),
         group="SkySense",
     )

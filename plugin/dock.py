@@ -25,18 +25,21 @@ from qgis.core import (
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import pyqtSignal
-from qgis.PyQt.QtWidgets import QDockWidget, QMessageBox
+from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QLineEdit, QMessageBox, QScrollArea
 
 from ..backend import jobs
 from .area import AreaError, AreaSelection, area_from_layer
+from .dates_table import SERIES_PARAMS, InputsError, SeriesTable
 from .diagnostics_dialog import DiagnosticsDialog, DiagnosticsTask
 from .export import ExportError, export_raster, is_file_raster
 from .job_form import JobOptionsForm
 from .labels_panel import LabelsPanel
 from .layers import LayerError, add_result_layers
 from .map_tools import PolygonAreaTool, RectangleAreaTool, make_area_band
+from .model_manager_dialog import ModelManagerDialog
+from .prototype_identify import PrototypeIdentifyPanel, PrototypeIdentifyTool, identify_html
 from .runtime.torch_build import CUDA_BUILDS, TorchBuild
-from .settings import PluginSettings, profile_folder
+from .settings import MODELS_DIR_ENV, PluginSettings, profile_folder
 from .setup_task import SetupBackendTask, resolve_build
 from .tasks import JobTask, PreparationError
 from .worker_client import PLUGIN_ROOT, WorkerClient
@@ -52,9 +55,11 @@ AREA_MODES = (
     ("layer", "Polygons of a layer"),
 )
 #: The jobs the dock offers; each later capability adds its job here.
-DOCK_TASKS = ("segment", "train", "classify", "prototypes", "inspect")
+DOCK_TASKS = ("segment", "train", "classify", "train-skysense", "prototypes", "inspect")
+#: The SkySense jobs: their inputs come from the date table, their model from the last SkySense training.
+SKYSENSE_GROUP = "SkySense"
 #: Parameters the dock fills from its own widgets; every other one gets a widget in the options form.
-DOCK_SUPPLIED = ("image", "aoi", "labels")
+DOCK_SUPPLIED = ("image", "aoi", "labels", "cluster")
 #: (key, label) of the torch builds Set up backend can install.
 TORCH_BUILD_CHOICES = (("auto", "Auto (from the NVIDIA driver)"), ("cpu", "CPU only"),
                        *((tag, f"CUDA {version[0]}.{version[1]}") for tag, version in CUDA_BUILDS),
@@ -70,6 +75,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         super().__init__(parent)
         self.setupUi(self)
         self.setObjectName("TerrafuseDock")
+        self._make_scrollable()
         self.iface = iface
         self.canvas = iface.mapCanvas()
         self.client = client
@@ -106,6 +112,9 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         for key, label in TORCH_BUILD_CHOICES:
             self.torchBuildCombo.addItem(label, key)
         self.torchBuildCombo.setCurrentIndex(max(0, self.torchBuildCombo.findData(settings.torch_build)))
+        self.clusterEdit.setText(settings.cluster_address)
+        self.clusterEdit.editingFinished.connect(
+            lambda: setattr(self.settings, "cluster_address", self.clusterEdit.text()))
 
         self.areaModeCombo.currentIndexChanged.connect(self._on_area_mode_changed)
         self.rasterCombo.layerChanged.connect(self._on_raster_changed)
@@ -122,8 +131,26 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             lambda: setattr(self.settings, "torch_build", self.torchBuildCombo.currentData()))
         self.setupBackendButton.clicked.connect(lambda: self.setup_backend())
         self.diagnosticsButton.clicked.connect(self.show_diagnostics)
+        self.model_manager: Optional[ModelManagerDialog] = None
+        self.modelsButton.clicked.connect(lambda: self.show_model_manager())
+        self.client.extra_env.setdefault(MODELS_DIR_ENV, settings.models_dir)  # the worker's models folder
         self.zoomUncertainButton.clicked.connect(self.zoom_to_most_uncertain)
         self.zoomUncertainButton.hide()
+        self.last_skysense_model: Optional[str] = None  # the model the last SkySense training saved
+        self.series_task: Optional[JobTask] = None
+        self.series_table = SeriesTable(iface, self.optionsContainer)
+        self.optionsLayout.insertWidget(0, self.series_table)
+        self.series_table.readRequested.connect(self.read_series)
+        self.prototypeLayerCombo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.prototypeGroup.setCollapsed(True)  # opened when a prototype map arrives
+        self._identify_tool = PrototypeIdentifyTool(self.canvas, self.prototypeLayerCombo.currentLayer)
+        self.identify_panel = PrototypeIdentifyPanel(self)
+        self._identify_tool.identified.connect(self.show_identified)
+        self._identify_tool.failed.connect(lambda message: self._show_status(message, error=True))
+        self._identify_tool.deactivated.connect(lambda: self.identifyPrototypeButton.setChecked(False))
+        self.identifyPrototypeButton.toggled.connect(self._on_identify_toggled)
+        self.prototypeOpacitySlider.valueChanged.connect(self.set_prototype_opacity)
+        self.prototypeLayerCombo.layerChanged.connect(self._on_prototype_layer_changed)
         self._on_area_mode_changed()
         self._on_task_changed()
         self._on_raster_changed()
@@ -221,10 +248,17 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         if self.options_form is not None:
             self.optionsLayout.removeWidget(self.options_form)
             self.options_form.deleteLater()
-        self.options_form = JobOptionsForm(spec, DOCK_SUPPLIED, self.optionsContainer)
+        skysense = spec.group == SKYSENSE_GROUP and any(p.name == "s2" for p in spec.params)
+        self.series_table.setVisible(skysense)
+        supplied = DOCK_SUPPLIED + (SERIES_PARAMS if skysense else ())
+        self.options_form = JobOptionsForm(spec, supplied, self.optionsContainer)
         self.optionsLayout.addWidget(self.options_form)
-        if self.last_head and "model" in self.options_form.widgets:
-            self.options_form.set_value("model", self.last_head)
+        last = self.last_skysense_model if spec.group == SKYSENSE_GROUP else self.last_head
+        if last and "model" in self.options_form.widgets:
+            self.options_form.set_value("model", last)
+        model_field = self.options_form.widgets.get("model")
+        if skysense and isinstance(model_field, QLineEdit):  # each model reads its own bands: check again
+            model_field.editingFinished.connect(self.series_table.request_read)
 
     def job_params(self, job: str) -> Dict[str, Any]:
         """The job's parameters from the dock's widgets; raises AreaError with a user message."""
@@ -245,6 +279,14 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             if labels is None:
                 raise AreaError("Choose or create a labels layer first (the Labels section)")
             params["labels"] = labels.path
+        if spec.group == SKYSENSE_GROUP and "s2" in names:  # the inputs and their dates: the date table
+            try:
+                params.update(self.series_table.job_params())
+            except InputsError as exc:
+                raise AreaError(str(exc)) from None
+        cluster = self.clusterEdit.text().strip()  # the Backend section's Ray cluster
+        if "cluster" in names and cluster:
+            params["cluster"] = cluster
         if self.options_form is not None and self.options_form.spec.name == job:
             params.update(self.options_form.values())
         for param in spec.params:  # a required output folder left empty: a new one in the profile
@@ -343,6 +385,15 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.jobDone.emit("setup", outcome)
         self.check_backend()
 
+    def show_model_manager(self) -> ModelManagerDialog:
+        """The model manager dialog, listing the catalogue as it opens."""
+        if self.model_manager is None:
+            self.model_manager = ModelManagerDialog(self.client, self.settings, self)
+        self.model_manager.show()
+        self.model_manager.raise_()
+        self.model_manager.refresh()
+        return self.model_manager
+
     def show_diagnostics(self) -> DiagnosticsTask:
         task = DiagnosticsTask(self.client, self.settings.models_dir, self.last_selftest)
         task.reportReady.connect(self._on_diagnostics_ready)
@@ -366,6 +417,16 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         if running:
             self.progressBar.setValue(0)
         self.statusLabel.setText(message)
+
+    def _make_scrollable(self) -> None:
+        """Put the dock's contents in a scroll area: with Labels and the options open the dock is taller
+        than most screens, and without scrolling Qt squeezes the result pane to nothing."""
+        scroll = QScrollArea(self)
+        scroll.setObjectName("dockScroll")
+        scroll.setWidgetResizable(True)
+        scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setWidget(self.dockContents)
+        self.setWidget(scroll)
 
     def _on_progress(self, done: int, total: int, message: str, left_s: float) -> None:
         if total > 0:
@@ -405,6 +466,11 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
                 add_result_layers(result["preview"], "Preview")
         except LayerError as exc:
             self._show_status(str(exc), error=True)
+        if job == "train-skysense":
+            self.last_skysense_model = result.get("model")
+            self.resultBrowser.setHtml(metrics_html(result))
+        elif job == "prototypes":
+            self._show_prototype_map(result)
         if job == "train":
             self.last_head = result.get("model")
             self.most_uncertain = result.get("most_uncertain")
@@ -425,6 +491,66 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.canvas.setExtent(extent)
         self.canvas.refresh()
 
+    # -- SkySense: the date table and the prototype map -------------------------------------
+    def read_series(self, params: Dict[str, Any]) -> JobTask:
+        """Dates and checks of the table's rasters from the worker (the ``series`` job), against the bands
+        of the model chosen in the options (each SkySense model reads its own bands)."""
+        model = self.options_form.values().get("model") if self.options_form is not None else None
+        if model and jobs.JOBS[self.current_job].group == SKYSENSE_GROUP:
+            params = {**params, "model": model}
+        task = JobTask(self.client, "series", params, "Terrafuse: reading the dates of the inputs")
+        task.jobFinished.connect(self._on_series_read)
+        self.series_task = task
+        QgsApplication.taskManager().addTask(task)
+        return task
+
+    def _on_series_read(self, outcome: Dict[str, Any]) -> None:
+        self.series_task = None
+        if outcome["status"] == "ok":
+            self.series_table.apply_series(outcome["result"])
+        else:
+            self.series_table.statusLabel.setText(html.escape(outcome.get("message", "")))
+        self.jobDone.emit("series", outcome)
+
+    def _show_prototype_map(self, result: Dict[str, Any]) -> None:
+        """Offer the new prototype map to Identify and Opacity."""
+        path = result.get("outputs", {}).get("prototypes")
+        for layer in QgsProject.instance().mapLayers().values():
+            same = path and os.path.normpath(layer.source()) == os.path.normpath(path)
+            if isinstance(layer, QgsRasterLayer) and same:
+                self.prototypeLayerCombo.setLayer(layer)
+        self.prototypeGroup.setCollapsed(False)
+        self.resultBrowser.setHtml("<h3>Prototype map</h3><p>Regions: "
+                                   + html.escape(", ".join(str(r) for r in result.get("regions", [])))
+                                   + "</p><p>Click <b>Identify</b>, then a cell of the map: its similarity to every "
+                                   "prototype of its region.</p>")
+
+    def show_identified(self, info: Optional[Dict[str, Any]]) -> None:
+        """A click's prototypes: in the identify window beside the map, and in the dock's result pane."""
+        self.resultBrowser.setHtml(identify_html(info))
+        self.identify_panel.show_info(info)
+
+    def _on_identify_toggled(self, checked: bool) -> None:
+        if checked:
+            self.canvas.setMapTool(self._identify_tool)
+        elif self.canvas.mapTool() is self._identify_tool:
+            self.canvas.unsetMapTool(self._identify_tool)
+
+    def _on_prototype_layer_changed(self) -> None:
+        layer = self.prototypeLayerCombo.currentLayer()
+        if isinstance(layer, QgsRasterLayer) and layer.renderer() is not None:
+            self.prototypeOpacitySlider.blockSignals(True)
+            self.prototypeOpacitySlider.setValue(round(100 * layer.renderer().opacity()))
+            self.prototypeOpacitySlider.blockSignals(False)
+
+    def set_prototype_opacity(self, percent: int) -> None:
+        """The slider acts on the layer's own opacity (as Layer Properties > Transparency does)."""
+        layer = self.prototypeLayerCombo.currentLayer()
+        if isinstance(layer, QgsRasterLayer) and layer.renderer() is not None:
+            layer.renderer().setOpacity(percent / 100.0)
+            layer.triggerRepaint()
+            layer.emitStyleChanged()
+
     def _show_result_details(self, job: str, result: Dict[str, Any]) -> None:
         if job in ("info", "selftest"):
             self._device = describe_device(result)
@@ -444,10 +570,13 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
 
     def cleanup(self) -> None:
         """Leave nothing behind on the canvas: tools unset, rubber bands removed, task cancelled."""
+        if self.model_manager is not None:
+            self.model_manager.cancel()
+            self.model_manager.close()
         for task in (self.task, self.setup_task):
             if task is not None:
                 task.cancel()
-        for tool in (self._rectangle_tool, self._polygon_tool, *self.labels_panel.tools()):
+        for tool in (self._rectangle_tool, self._polygon_tool, self._identify_tool, *self.labels_panel.tools()):
             if self.canvas.mapTool() is tool:
                 self.canvas.unsetMapTool(tool)
         bands = [self._area_band] + [tool._band for tool in (self._rectangle_tool, self._polygon_tool,

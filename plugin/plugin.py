@@ -40,7 +40,8 @@ class TerrafusePlugin:
         """The worker, created on first use (the process itself starts with the first job)."""
         with self._client_lock:
             if self._client is None:
-                self._client = WorkerClient(self.settings.python_path, on_log=_log_worker_line)
+                self._client = WorkerClient(self.settings.python_path, on_log=_log_worker_line,
+                                            env=self.settings.worker_env())
             return self._client
 
     def initProcessing(self) -> None:

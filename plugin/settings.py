@@ -9,6 +9,8 @@ from qgis.core import QgsApplication, QgsSettings
 from .worker_client import default_python
 
 _PREFIX = "terrafuse/"
+#: The worker's models folder (backend/hub/paths.py reads it; spelled here so the plugin needs no backend import).
+MODELS_DIR_ENV = "TERRAFUSE_MODELS_DIR"
 
 
 def profile_folder() -> str:
@@ -51,3 +53,20 @@ class PluginSettings:
     @property
     def models_dir(self) -> str:
         return self._get("models_dir", os.path.join(profile_folder(), "models"))
+
+    @models_dir.setter
+    def models_dir(self, value: str) -> None:
+        self._settings.setValue(_PREFIX + "models_dir", value.strip())
+
+    @property
+    def cluster_address(self) -> str:
+        """The Ray cluster the tile jobs run on ("local", host:port, ray://host:port); empty: the worker."""
+        return self._get("cluster", "")
+
+    @cluster_address.setter
+    def cluster_address(self, value: str) -> None:
+        self._settings.setValue(_PREFIX + "cluster", value.strip())
+
+    def worker_env(self) -> dict:
+        """What the worker's environment gets from the settings: the models folder."""
+        return {MODELS_DIR_ENV: self.models_dir}

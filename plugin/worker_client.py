@@ -61,6 +61,7 @@ class JobHandle:
         self.id = job_id
         self.job = job
         self.events: queue.Queue[Dict[str, Any]] = queue.Queue()
+        self.process: Optional[subprocess.Popen[str]] = None  # the worker that runs it
 
     def cancel(self) -> None:
         self.client.cancel(self.id)
@@ -139,6 +140,14 @@ class WorkerClient:
     def pid(self) -> Optional[int]:
         return self._process.pid if self.alive and self._process else None
 
+    def set_env(self, name: str, value: str) -> None:
+        """Give the worker ``name=value``; a running worker is stopped so that the next job starts one with it."""
+        with self._lock:
+            if self.extra_env.get(name) == value:
+                return
+            self.extra_env[name] = value
+        self.stop()
+
     def ensure_started(self) -> None:
         with self._lock:
             if self.alive:
@@ -213,6 +222,7 @@ class WorkerClient:
             self.ensure_started()
             job_id = f"j{next(self._ids)}"
             handle = JobHandle(self, job_id, job)
+            handle.process = self._process
             self._handles[job_id] = handle
             self._send({"type": "run", "id": job_id, "job": job, "params": params or {}})
         return handle
@@ -294,7 +304,10 @@ class WorkerClient:
         with self._lock:
             if self._process is process:
                 self._process = None
-            orphans, self._handles = list(self._handles.values()), {}
+            # Only this worker's jobs: a worker stopped on purpose (set_env, another interpreter) may end
+            # after its successor took a job.
+            orphans = [h for h in self._handles.values() if h.process is process or h.process is None]
+            self._handles = {k: h for k, h in self._handles.items() if h not in orphans}
         tail = "\n".join(list(self._stderr_tail)[-5:])
         reason = f"The backend worker stopped (exit code {code})"
         if code is not None and code < 0:

@@ -91,6 +91,13 @@ register_model(ModelEntry(
     notes="Ships with the plugin and works offline; far below DiffusionSat: for trying the flows.",
 ))
 register_model(ModelEntry(
+    name="terrafuse-tiny-skysense", title="Terrafuse tiny SkySense (bundled, demo-grade)", kind="bundled",
+    source="terrafuse-tiny-skysense", homepage="resources/models/terrafuse-tiny-skysense/README.md",
+    licence="Terrafuse's licence; pretrained on CC0 Sentinel-2 imagery (see its model card)", role="skysense",
+    notes=("Ships with the plugin and works offline: Sentinel-2 B2, B3, B4, B8 only, self-supervised on one open "
+           "scene; the default of classify, prototypes and train-skysense. Far below the official SkySense."),
+))
+register_model(ModelEntry(
     name="diffusionsat-512", title="DiffusionSat 512 px", kind="zip", source="13751498",
     homepage="https://samar-khanna.github.io/DiffusionSat/", filename="diffusionsat_512.zip",
     licence="as stated on the Zenodo record (read before the download); cite Khanna et al., ICLR 2024",

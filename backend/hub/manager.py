@@ -110,7 +110,8 @@ def locate(entry: ModelEntry, root: Path) -> Path | None:
     """Where ``entry`` is installed: bundled folder, manifest record, archive in the models folder, hub cache."""
     if entry.kind == "bundled":
         folder = bundled_folder(entry)
-        return folder if (folder / "unet").is_dir() else None
+        marker = folder / ("config.json" if entry.role == "skysense" else "unet")
+        return folder if marker.exists() else None
     found = installed_location(entry.name, root)
     if found is not None:
         return found

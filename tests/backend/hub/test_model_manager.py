@@ -42,8 +42,13 @@ def test_list_shows_source_size_licence_and_what_is_installed(models_folder):
     listed = models("list")
     assert listed["models_dir"] == str(models_folder)
     names = [m["name"] for m in listed["models"]]
-    assert names[:4] == ["terrafuse-tiny", "diffusionsat-512", "diffusionsat-256", "sd-2.1"]
+    assert names[:5] == ["terrafuse-tiny", "terrafuse-tiny-skysense", "diffusionsat-512", "diffusionsat-256",
+                         "sd-2.1"]
     assert "skysense" in names
+    for bundled in ("terrafuse-tiny", "terrafuse-tiny-skysense"):
+        assert entry(listed, bundled)["installed"]
+        assert entry(listed, bundled)["source_kind"] == "bundled"
+    assert entry(listed, "terrafuse-tiny-skysense")["role"] == "skysense"
     for model in listed["models"]:
         assert {"name", "source", "source_kind", "size_mb", "licence", "installed", "path", "url"} <= set(model)
         assert model["licence"]
@@ -206,3 +211,9 @@ def test_the_command_line_prints_the_list_as_json(models_folder, capsys):
     printed = json.loads(capsys.readouterr().out)
     assert entry(printed, "terrafuse-tiny")["source_kind"] == "bundled"
     assert main(["--quiet", "models", "download", "--name", "skysense"]) == 2
+
+
+def test_the_bundled_skysense_verifies_against_its_checksums(models_folder):
+    verified = models("verify", name="terrafuse-tiny-skysense")
+    assert verified["verified"]
+    assert verified["files_checked"] == 4
