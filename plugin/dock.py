@@ -24,7 +24,7 @@ from qgis.core import (
 )
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
-from qgis.PyQt.QtCore import pyqtSignal
+from qgis.PyQt.QtCore import Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QLineEdit, QMessageBox, QScrollArea
 
 from ..backend import jobs
@@ -256,6 +256,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         last = self.last_skysense_model if spec.group == SKYSENSE_GROUP else self.last_head
         if last and "model" in self.options_form.widgets:
             self.options_form.set_value("model", last)
+        self._fit_width()
         model_field = self.options_form.widgets.get("model")
         if skysense and isinstance(model_field, QLineEdit):  # each model reads its own bands: check again
             model_field.editingFinished.connect(self.series_table.request_read)
@@ -425,8 +426,16 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         scroll.setObjectName("dockScroll")
         scroll.setWidgetResizable(True)
         scroll.setFrameShape(QFrame.NoFrame)
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # scroll down only: never clip a button
         scroll.setWidget(self.dockContents)
         self.setWidget(scroll)
+        self._scroll = scroll
+        self._fit_width()
+
+    def _fit_width(self) -> None:
+        """The dock no narrower than its contents (they change with the task's options)."""
+        scrollbar = self._scroll.verticalScrollBar().sizeHint().width()
+        self._scroll.setMinimumWidth(self.dockContents.minimumSizeHint().width() + scrollbar)
 
     def _on_progress(self, done: int, total: int, message: str, left_s: float) -> None:
         if total > 0:

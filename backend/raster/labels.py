@@ -25,6 +25,8 @@ from ..errors import UserError
 CLASS_NAME_FIELD = "class_name"
 CLASS_ID_FIELD = "class_id"
 COLOUR_FIELDS = ("colour", "color")
+#: The layer the dock writes labels to (its GeoPackage also holds a `classes` table).
+LABELS_LAYER = "labels"
 #: Class ids share the uint8 class raster with its nodata value, 255.
 MAX_CLASS_ID = 254
 #: Colours of classes whose layer gives none (ColorBrewer Paired, then Set1).
@@ -78,12 +80,24 @@ def _colour(value: Any) -> str | None:
     return None
 
 
+def _labels_layer(path: str) -> str | int:
+    """The layer of ``path`` that holds the labels: the one named ``labels`` (the dock's GeoPackage also
+    holds a ``classes`` table), else the first with geometries, else the first."""
+    layers = pyogrio.list_layers(path)
+    names = [str(name) for name, _ in layers]
+    if LABELS_LAYER in names:
+        return LABELS_LAYER
+    with_geometry = [str(name) for name, geometry in layers if geometry]
+    return with_geometry[0] if with_geometry else 0
+
+
 def read_labels(path: str) -> LabelSet:
     """Read a labels layer; classes come out sorted by id (given ids) or by name (ids 1, 2, ... assigned)."""
     try:
-        info = pyogrio.read_info(path)
+        layer = _labels_layer(path)
+        info = pyogrio.read_info(path, layer=layer)
         wanted = [f for f in info["fields"] if f in (CLASS_NAME_FIELD, CLASS_ID_FIELD, *COLOUR_FIELDS)]
-        meta, _, wkb, field_data = pyogrio.raw.read(path, columns=wanted, read_geometry=True)
+        meta, _, wkb, field_data = pyogrio.raw.read(path, layer=layer, columns=wanted, read_geometry=True)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         raise UserError(f"Cannot read the labels file '{path}': {exc}") from None
     fields = dict(zip(meta["fields"], field_data))
