@@ -35,7 +35,7 @@ from .raster.stack import InputStack
 from .skysense_jobs import LoadedModel, load_model, prepare_stack
 from .training.feature_cache import FeatureCache, raster_identity, tile_key
 from .training.loop import TrainingSettings, predict_cached, train_decoder
-from .training.metrics import confusion_matrix, segmentation_metrics, validation_metrics
+from .training.metrics import hold_out_metrics
 from .training.samples import TileSample, check_labels, check_training_pixels, spatial_hold_out
 
 #: Fewer labels than this in all cannot be split into training and validation.
@@ -194,16 +194,8 @@ def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, 
     hw = (stack.tile_px, stack.tile_px)
     predictions = predict_cached(trainer, features, [hw] * len(samples), device)
 
-    def confusion_of(targets: list[np.ndarray]) -> np.ndarray:
-        return sum((confusion_matrix(t, p, len(names)) for t, p in zip(targets, predictions)),
-                   np.zeros((len(names), len(names)), dtype=np.int64))
-
     message = hold_out.message(names)
-    metrics = validation_metrics(confusion_of(val_targets), class_dicts, hold_out.validated, message)
-    fitted = segmentation_metrics(confusion_of(train_targets), class_dicts)
-    metrics.update({"held_out_labels": int(hold_out.held_out.sum()),
-                    "training_labels": int((~hold_out.held_out).sum()),
-                    "training": {"overall_accuracy": fitted["overall_accuracy"], "miou": fitted["miou"]}})
+    metrics = hold_out_metrics(predictions, train_targets, val_targets, class_dicts, hold_out)
     baseline: dict[str, Any] | None = None
     if params.get("baseline"):
         progress.update(total - 2, total, "baseline: random forest on every band of every date")

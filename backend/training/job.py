@@ -13,7 +13,6 @@ import time
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from ..errors import UserError
@@ -23,7 +22,7 @@ from ..raster.inspect import open_raster
 from ..raster.labels import labels_on_raster, read_labels
 from .feature_cache import FeatureCache, raster_identity, tile_key
 from .loop import TrainingSettings, predict_cached, train_decoder
-from .metrics import confusion_matrix, segmentation_metrics, validation_metrics
+from .metrics import hold_out_metrics
 from .samples import (
     check_labels,
     check_training_pixels,
@@ -171,18 +170,8 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     predictions = predict_cached(model, features, [(int(s.window.height), int(s.window.width)) for s in samples],
                                  device)
 
-    def confusion_of(targets: list[np.ndarray]) -> np.ndarray:
-        return sum((confusion_matrix(t, p, len(names)) for t, p in zip(targets, predictions)),
-                   np.zeros((len(names), len(names)), dtype=np.int64))
-
     message = hold_out.message(names)
-    metrics = validation_metrics(confusion_of(val_targets), class_dicts, hold_out.validated, message)
-    training_metrics = segmentation_metrics(confusion_of(train_targets), class_dicts)
-    metrics.update({
-        "held_out_labels": int(hold_out.held_out.sum()), "training_labels": int((~hold_out.held_out).sum()),
-        "training": {"overall_accuracy": training_metrics["overall_accuracy"],
-                     "miou": training_metrics["miou"]},
-    })
+    metrics = hold_out_metrics(predictions, train_targets, val_targets, class_dicts, hold_out)
     baseline: dict[str, Any] | None = None
     if params["baseline"]:
         progress.update(total - 2, total, "baseline: random forest on band values")

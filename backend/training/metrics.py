@@ -75,3 +75,24 @@ def validation_metrics(confusion: np.ndarray, classes: Sequence[dict[str, Any]],
     if message:
         metrics["message"] = message
     return metrics
+
+
+def hold_out_metrics(predictions: Sequence[np.ndarray], train_targets: Sequence[np.ndarray],
+                     val_targets: Sequence[np.ndarray], classes: Sequence[dict[str, Any]],
+                     hold_out: Any) -> dict[str, Any]:
+    """The scores a trained head reports: :func:`validation_metrics` on the held-out labels' pixels, with the
+    counts of held-out and training labels and the fit on the training pixels (``hold_out`` is a
+    :class:`~.samples.HoldOut`; targets use -1 for pixels without a label)."""
+    size = len(classes)
+
+    def confusion_of(targets: Sequence[np.ndarray]) -> np.ndarray:
+        return sum((confusion_matrix(t, p, size) for t, p in zip(targets, predictions)),
+                   np.zeros((size, size), dtype=np.int64))
+
+    message = hold_out.message([str(c["name"]) for c in classes])
+    metrics = validation_metrics(confusion_of(val_targets), classes, hold_out.validated, message)
+    fitted = segmentation_metrics(confusion_of(train_targets), classes)
+    metrics.update({"held_out_labels": int(hold_out.held_out.sum()),
+                    "training_labels": int((~hold_out.held_out).sum()),
+                    "training": {"overall_accuracy": fitted["overall_accuracy"], "miou": fitted["miou"]}})
+    return metrics

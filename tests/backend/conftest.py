@@ -82,6 +82,28 @@ def write_tiny_backbone(root: Path, *, prediction_type: str = "v_prediction", te
     return root
 
 
+def write_untrained_head(folder: Path, tile_px: int = 32) -> Path:
+    """A SatDiFuser head with random weights (global fusion, pixel head, classes 2, 5 and 9) on a tiny random
+    backbone written under ``folder``, saved as ``folder/head``: the real loaders, no training."""
+    from backend.models.diffusion import DiffusionFeatureExtractor, load_backbone
+    from backend.models.segmenter import SatDiFuser
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("TERRAFUSE_CACHE_DIR", str(folder / "cache"))
+        backbone_dir = write_tiny_backbone(folder / "backbone")
+        backbone = load_backbone(backbone_dir)
+    extractor = DiffusionFeatureExtractor(backbone, timesteps=(1,))
+    torch.manual_seed(0)
+    classes = [{"id": 2, "name": "water", "colour": "#0000ff"}, {"id": 5, "name": "trees", "colour": "#00ff00"},
+               {"id": 9, "name": "urban", "colour": "#ff0000"}]
+    model = SatDiFuser.create(
+        extractor.feature_info, classes, "global", "pixel", fusion_kwargs={"out_chs": 8},
+        backbone={"name": backbone.name, "source": str(backbone_dir.resolve()), "sha256": backbone.sha256},
+        timesteps=list(extractor.timesteps), blocks=list(extractor.blocks), levels=list(extractor.levels),
+        bands=[1, 2, 3], band_low=[0.0] * 3, band_high=[255.0] * 3, tile_px=tile_px)
+    return model.save_pretrained(folder / "head")
+
+
 @pytest.fixture(autouse=True)
 def terrafuse_cache(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> Path:
     """No test writes into the user's ~/.cache/terrafuse."""

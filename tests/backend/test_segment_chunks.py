@@ -24,23 +24,11 @@ from backend.raster.journal import JOURNAL_NAME
 from backend.raster.tiles import tile_windows
 from backend.worker import run_job
 from tests.backend.rasters import write_area, write_raster
-from tests.backend.segment_stand_in import PixelwiseModel, smooth_image, use_stand_in, write_head_config
+from tests.backend.segment_stand_in import CountingModel, smooth_image, use_stand_in, write_head_config
 
 ROOT = Path(__file__).resolve().parents[2]
 X0, Y0, PIXEL = 443330.0, 4173860.0, 10.0
 OUTPUTS = ("classes.tif", "confidence.tif", "uncertainty.tif")
-
-
-class CountingModel(PixelwiseModel):
-    """The pixelwise stand-in, counting the tiles it is given."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.tiles = 0
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.tiles += images.shape[0]
-        return super().forward(images)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from typing import Any
 import numpy as np
 import pytest
 import rasterio
-import torch
 from rasterio.enums import Resampling
 from rasterio.transform import from_origin
 from rasterio.warp import reproject
@@ -21,22 +20,12 @@ from backend.raster.tiles import tile_windows
 from backend.worker import run_job
 from tests.backend.rasters import write_raster
 from tests.backend.segment_stand_in import (
-    PixelwiseModel,
+    CountingModel,
     smooth_image,
     use_stand_in,
     whole_image_prediction,
     write_head_config,
 )
-
-
-class ShapeRecorder(PixelwiseModel):
-    def __init__(self) -> None:
-        super().__init__()
-        self.tiles = 0
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        self.tiles += images.shape[0]
-        return super().forward(images)
 
 
 def segment(tmp_path: Path, image: Path, out: str, **extra: Any) -> dict[str, Any]:
@@ -51,7 +40,7 @@ def read(path: Path) -> tuple[np.ndarray, rasterio.Affine]:
 
 def test_a_2m_raster_is_segmented_at_1m_and_written_on_its_own_grid(tmp_path: Path,
                                                                      monkeypatch: pytest.MonkeyPatch) -> None:
-    model = ShapeRecorder()
+    model = CountingModel()
     use_stand_in(monkeypatch, model)
     write_head_config(tmp_path / "head")
     fine = smooth_image(256, 192, seed=3).astype(np.float32)  # the ground at 1 m
@@ -96,7 +85,7 @@ def test_gsd_of_the_raster_itself_is_no_resampling(tmp_path: Path, monkeypatch: 
 
 def test_coarser_working_pixels_and_nodata_come_back_on_the_native_grid(tmp_path: Path,
                                                                         monkeypatch: pytest.MonkeyPatch) -> None:
-    model = ShapeRecorder()
+    model = CountingModel()
     use_stand_in(monkeypatch, model)
     write_head_config(tmp_path / "head")
     data = smooth_image(200, 160)

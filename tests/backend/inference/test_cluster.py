@@ -28,7 +28,7 @@ from backend.inference.tile_model import TileModelSpec
 from backend.progress import Progress
 from backend.raster.journal import JOURNAL_NAME
 from backend.worker import run_job
-from tests.backend.conftest import write_tiny_backbone
+from tests.backend.conftest import write_untrained_head
 from tests.backend.rasters import write_raster
 from tests.backend.segment_stand_in import smooth_image
 
@@ -41,24 +41,8 @@ OUTPUTS = ("classes.tif", "confidence.tif", "uncertainty.tif")
 @pytest.fixture(scope="module")
 def material(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """A tiny backbone, an untrained head on it (32 px tiles) and a 104 x 152 px raster."""
-    from backend.models.diffusion import DiffusionFeatureExtractor, load_backbone
-    from backend.models.segmenter import SatDiFuser
-
     folder = tmp_path_factory.mktemp("cluster")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TERRAFUSE_CACHE_DIR", str(folder / "cache"))
-        backbone_dir = write_tiny_backbone(folder / "backbone")
-        backbone = load_backbone(backbone_dir)
-    extractor = DiffusionFeatureExtractor(backbone, timesteps=(1,))
-    torch.manual_seed(0)
-    classes = [{"id": 2, "name": "water", "colour": "#0000ff"}, {"id": 5, "name": "trees", "colour": "#00ff00"},
-               {"id": 9, "name": "urban", "colour": "#ff0000"}]
-    model = SatDiFuser.create(
-        extractor.feature_info, classes, "global", "pixel", fusion_kwargs={"out_chs": 8},
-        backbone={"name": backbone.name, "source": str(backbone_dir.resolve()), "sha256": backbone.sha256},
-        timesteps=list(extractor.timesteps), blocks=list(extractor.blocks), levels=list(extractor.levels),
-        bands=[1, 2, 3], band_low=[0.0] * 3, band_high=[255.0] * 3, tile_px=32)
-    head = model.save_pretrained(folder / "head")
+    head = write_untrained_head(folder)
     image = write_raster(folder / "image.tif", smooth_image(104, 152, seed=3))
     return {"head": head, "image": image, "cache": folder / "cache"}
 

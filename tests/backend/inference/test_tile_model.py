@@ -10,29 +10,12 @@ import pytest
 import torch
 
 from backend.inference.tile_model import TileModelSpec, load_tile_model, model_sha256
-from tests.backend.conftest import write_tiny_backbone
+from tests.backend.conftest import write_untrained_head
 
 
 @pytest.fixture(scope="module")
 def head(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from backend.models.diffusion import DiffusionFeatureExtractor, load_backbone
-    from backend.models.segmenter import SatDiFuser
-
-    folder = tmp_path_factory.mktemp("tile-model")
-    with pytest.MonkeyPatch.context() as patch:
-        patch.setenv("TERRAFUSE_CACHE_DIR", str(folder / "cache"))
-        backbone_dir = write_tiny_backbone(folder / "backbone")
-        backbone = load_backbone(backbone_dir)
-    extractor = DiffusionFeatureExtractor(backbone, timesteps=(1,))
-    torch.manual_seed(0)
-    classes = [{"id": 2, "name": "water", "colour": "#0000ff"}, {"id": 5, "name": "trees", "colour": "#00ff00"},
-               {"id": 9, "name": "urban", "colour": "#ff0000"}]
-    model = SatDiFuser.create(
-        extractor.feature_info, classes, "global", "pixel", fusion_kwargs={"out_chs": 8},
-        backbone={"name": backbone.name, "source": str(backbone_dir.resolve()), "sha256": backbone.sha256},
-        timesteps=list(extractor.timesteps), blocks=list(extractor.blocks), levels=list(extractor.levels),
-        bands=[1, 2, 3], band_low=[0.0] * 3, band_high=[255.0] * 3, tile_px=32)
-    return model.save_pretrained(folder / "head")
+    return write_untrained_head(tmp_path_factory.mktemp("tile-model"))
 
 
 def test_segment_tile_model_gives_the_heads_probabilities(head: Path) -> None:
