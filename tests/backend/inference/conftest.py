@@ -30,3 +30,19 @@ def local_ray(ray_env: dict[str, str]) -> Iterator[Any]:
         finally:
             session.close()
     assert not ray.is_initialized()
+
+
+def record_predictors(monkeypatch: pytest.MonkeyPatch, **options: Any) -> list[Any]:
+    """Make the jobs' ``make_predictor`` build RayPredictors with ``options`` (e.g. ``actors=2``), each kept
+    in the returned list for the test to look at."""
+    from backend.inference import cluster
+
+    made: list[Any] = []
+
+    class Recorded(cluster.RayPredictor):
+        def __init__(self, spec: Any, address: str) -> None:
+            super().__init__(spec, address, **options)
+            made.append(self)
+
+    monkeypatch.setattr(cluster, "RayPredictor", Recorded)
+    return made

@@ -22,13 +22,12 @@ import pytest
 import rasterio
 import torch
 
-from backend.inference import cluster as cluster_module
 from backend.inference.cluster import RayPredictor, RaySession
-from backend.inference.tile_model import TileModelSpec
 from backend.progress import Progress
 from backend.raster.journal import JOURNAL_NAME
 from backend.worker import run_job
 from tests.backend.conftest import write_untrained_head
+from tests.backend.inference.conftest import record_predictors
 from tests.backend.rasters import write_raster
 from tests.backend.segment_stand_in import smooth_image
 
@@ -96,21 +95,10 @@ def assert_same_outputs(a: Path, b: Path) -> None:
         assert np.array_equal(first[name], second[name]), name
 
 
-class RecordedPredictor(RayPredictor):
-    """RayPredictor with two actors, keeping every instance for the test to look at."""
-
-    made: list[RayPredictor] = []
-
-    def __init__(self, spec: TileModelSpec, address: str) -> None:
-        super().__init__(spec, address, actors=2)
-        RecordedPredictor.made.append(self)
-
-
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[RayPredictor]:
-    RecordedPredictor.made = []
-    monkeypatch.setattr(cluster_module, "RayPredictor", RecordedPredictor)
-    return RecordedPredictor.made
+    """Two actors per run, every RayPredictor kept."""
+    return record_predictors(monkeypatch, actors=2)
 
 
 def test_the_cluster_run_writes_the_single_machine_outputs(local_ray: RaySession, material: dict[str, Path],

@@ -20,13 +20,12 @@ import torch
 from rasterio.crs import CRS
 from rasterio.transform import from_bounds
 
-from backend.inference import cluster as cluster_module
 from backend.inference.cluster import RayPredictor, RaySession
-from backend.inference.tile_model import TileModelSpec
 from backend.models.skysense import SkySense
 from backend.models.skysense.config import S2_BANDS
 from backend.progress import Progress
 from backend.worker import run_job
+from tests.backend.inference.conftest import record_predictors
 from tests.backend.models.skysense.tiny import CLASSES, micro_config
 
 pytest.importorskip("ray")
@@ -76,22 +75,11 @@ def one_thread_run(job: str, job_params: dict[str, Any]) -> dict[str, Any]:
         torch.set_num_threads(threads)
 
 
-class OneThreadActors(RayPredictor):
-    """Two actors of one torch thread each whatever the machine's cores (the reference's thread count),
-    each instance kept for the test to look at."""
-
-    made: list[RayPredictor] = []
-
-    def __init__(self, spec: TileModelSpec, address: str) -> None:
-        super().__init__(spec, address, actors=2, threads=1)
-        OneThreadActors.made.append(self)
-
-
 @pytest.fixture
 def recorded(monkeypatch: pytest.MonkeyPatch) -> list[RayPredictor]:
-    OneThreadActors.made = []
-    monkeypatch.setattr(cluster_module, "RayPredictor", OneThreadActors)
-    return OneThreadActors.made
+    """Two actors of one torch thread each whatever the machine's cores (the reference's thread count),
+    each instance kept for the test to look at."""
+    return record_predictors(monkeypatch, actors=2, threads=1)
 
 
 def read_rasters(folder: Path, names: tuple[str, ...]) -> dict[str, np.ndarray]:
