@@ -209,6 +209,14 @@ register(
     )
 )
 
+#: How a few-shot head is validated; both trainers take them, so both hold out the same labels.
+_VALIDATION_PARAMS = (
+    Param("folds", "int", "Spatial cross-validation folds (0: from the labels per class, at most 5; 1: one split)",
+          0),
+    Param("hold_out_block_m", "float", "Side of the spatial blocks in metres: labels of a class within one block "
+          "are held out together", 1000.0),
+)
+
 register(
     JobSpec(
         name="train",
@@ -216,10 +224,12 @@ register(
         help=(
             "Trains a SatDiFuser fusion and a head on the labelled pixels of a labels layer (class_name, "
             "optionally class_id and colour). Backbone features of the labelled tiles are cached on disk, so a "
-            "retrain after a new label computes only its tiles. Whole labels are held out in spatial blocks for "
-            "validation (per-class precision, recall, F1, IoU, confusion matrix), a per-pixel random forest on "
-            "band values is scored on the same pixels as a baseline; saves head.safetensors and config.json into "
-            "the output folder, then optionally previews the area with an uncertainty map."
+            "retrain after a new label computes only its tiles. The head is cross-validated on spatial folds of "
+            "whole labels (blocks in metres; early stopping on an inner split of the training labels, never on the "
+            "labels it is scored on): per-class F1 and IoU with their spread over folds, the confusion matrix, and "
+            "a per-pixel random forest on band values scored on the same folds. The saved head is then trained "
+            "on every label (head.safetensors and config.json), and an optional preview maps the area with an "
+            "uncertainty map."
         ),
         target="backend.training.job:run_train",
         params=(
@@ -237,13 +247,13 @@ register(
             Param("timesteps", "str", "Diffusion timesteps of the features", "1,100,200"),
             Param("tile_px", "int", "Tile size in pixels (default: the backbone's training size)", None),
             Param("epochs", "int", "Most training epochs", 40),
-            Param("patience", "int", "Epochs without a better hold-out loss before training stops (0: never)", 8),
+            Param("patience", "int", "Epochs without a better loss on the inner split of the training labels "
+                  "before training stops (0: never)", 8),
             Param("learning_rate", "float", "AdamW learning rate (linear warm-up, then cosine decay)", 1e-3),
             Param("batch_size", "int", "Tiles per training step", 4),
             Param("fusion_chs", "int", "Channels of the fused feature pyramid", 64),
-            Param("validation_fraction", "float", "Share of each class's labels (in spatial blocks) held out for "
-                  "validation", 0.2),
-            Param("baseline", "bool", "Also score a per-pixel random forest on band values on the held-out labels",
+            *_VALIDATION_PARAMS,
+            Param("baseline", "bool", "Also score a per-pixel random forest on band values on the same folds",
                   True),
             Param("preview", "bool", "After training, map the area with the new head, with an uncertainty raster",
                   True),
@@ -388,21 +398,23 @@ register(
             "Trains SkySense's per-pixel classifier head on the labelled cells of a labels layer (class_name, "
             "optionally class_id and colour) from any of a high-resolution image, a Sentinel-2 and a Sentinel-1 "
             "series: the fused features of the labelled tiles are cached on disk (a retrain after a new label "
-            "computes only its tiles), whole labels are held out in spatial blocks for validation, a random "
-            "forest on every band of every date is scored as a baseline; saves the model with its head (a "
-            "SkySense folder for the classify task)."
+            "computes only its tiles), the head is cross-validated on the same spatial folds of whole labels as "
+            "the SatDiFuser head (early stopping on an inner split of the training labels), a random forest on "
+            "every band of every date is scored on the same folds as a baseline; the head saved with the model "
+            "(a SkySense folder for the classify task) is then trained on every label."
         ),
-        target="backend.skysense_train:run_train_skysense",
+        target="backend.training.skysense_job:run_train_skysense",
         params=tuple(p for p in _SKYSENSE_INPUTS if p.name != "out") + (
             Param("labels", "vector", "Labels layer (GeoPackage; field class_name, optionally class_id, colour)"),
             Param("out", "output_folder", "Folder the SkySense model with its trained head is saved into"),
             Param("epochs", "int", "Most training epochs (a linear head on cached features: each takes "
                   "milliseconds)", 100),
-            Param("patience", "int", "Epochs without a better hold-out loss before training stops (0: never)", 15),
+            Param("patience", "int", "Epochs without a better loss on the inner split of the training labels "
+                  "before training stops (0: never)", 15),
             Param("learning_rate", "float", "AdamW learning rate (linear warm-up, then cosine decay)", 3e-2),
-            Param("validation_fraction", "float", "Share of each class's labels (in spatial blocks) held out for "
-                  "validation", 0.2),
-            Param("baseline", "bool", "Also score a per-pixel random forest on every band of every date", True),
+            *_VALIDATION_PARAMS,
+            Param("baseline", "bool", "Also score a per-pixel random forest on every band of every date, on the "
+                  "same folds", True),
             Param("cache_dir", "str", "Folder of the feature cache (default: <Terrafuse cache>/features)", None),
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),

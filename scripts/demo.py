@@ -152,28 +152,33 @@ def style_scene(layer) -> None:
 
 
 def print_metrics(title: str, result: dict[str, Any]) -> None:
+    """The honest figures: mean ± spread over the spatial folds, what they rest on, and the baseline on the
+    same folds."""
     metrics = result.get("metrics", {})
-    print(f"  {title}: hold-out overall accuracy {_pct(metrics.get('overall_accuracy'))} %, macro F1 "
-          f"{_pct(metrics.get('macro_f1'))} %, mIoU {_pct(metrics.get('miou'))} %", flush=True)
+    print(f"  {title}: {metrics.get('summary') or metrics.get('message', '')}", flush=True)
     for row in metrics.get("per_class", []):
-        print(f"    {row.get('class_name', ''):<11} precision {_pct(row.get('precision')):>5}  recall "
-              f"{_pct(row.get('recall')):>5}  F1 {_pct(row.get('f1')):>5}  IoU {_pct(row.get('iou')):>5}  "
-              f"({row.get('support_px', 0):,} px)")
+        print(f"    {row.get('class_name', ''):<11} F1 {_spread(row, 'f1'):>11}  IoU {_spread(row, 'iou'):>11}  "
+              f"({row.get('held_out_labels', 0)} held-out labels, {row.get('support_px', 0):,} px)")
     baseline = result.get("baseline")
-    if baseline:
-        print(f"    baseline ({baseline.get('name', 'random forest')}): overall accuracy "
-              f"{_pct(baseline.get('overall_accuracy'))} %, macro F1 {_pct(baseline.get('macro_f1'))} %")
-    if not metrics.get("per_class"):
-        print(f"    not validated: {metrics.get('message', '')}")
+    if baseline and baseline.get("validated"):
+        print(f"    baseline, {baseline.get('name', 'random forest')}: mIoU {_spread(baseline, 'miou')}, overall "
+              f"accuracy {_spread(baseline, 'overall_accuracy')}")
+    if result.get("comparison"):
+        print(f"    {result['comparison']['line']}")
+    print("    (The bundled models were pretrained on imagery that includes this scene: their figures here are "
+          "a demonstration, not a benchmark; see docs/quality.md.)")
+
+
+def _spread(row: dict[str, Any], key: str) -> str:
+    value, std = row.get(key), row.get(f"{key}_std")
+    if value is None:
+        return "–"
+    return f"{value:.2f}" + (f" ± {std:.2f}" if std is not None else "")
 
 
 def print_layers(result: dict[str, Any]) -> None:
     for entry in result.get("layers", []):
         print(f"  {entry.get('name', '')}: {entry.get('path', '')}")
-
-
-def _pct(value: Any) -> str:
-    return "-" if value is None else f"{100 * float(value):.1f}"
 
 
 def render(layers, extent, crs, size_px: int):

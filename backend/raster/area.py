@@ -103,3 +103,9 @@ def pixel_size_m(crs: CRS | None, transform: rasterio.Affine, centre_y: float) -
         return res_x * m_per_deg_lon, res_y * m_per_deg_lat
     _, factor = crs.linear_units_factor
     return res_x * factor, res_y * factor
+
+
+def utm_crs(lon: float, lat: float) -> CRS:
+    """The WGS 84 UTM zone of a point."""
+    zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
+    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)

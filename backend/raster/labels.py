@@ -48,25 +48,33 @@ class LabelClass:
 
 @dataclass(frozen=True)
 class LabelSet:
-    """Features (GeoJSON-like, in ``crs``) with the index of their class in ``classes``."""
+    """Features (GeoJSON-like, in ``crs``) with the index of their class in ``classes``.
+
+    ``ids`` names each feature as the labels layer does (its feature id, fid), and follows the feature
+    through :meth:`to_crs` and :meth:`subset`: it is how a spatial split computed on the whole layer is
+    found again on the labels that lie on one raster, and what a result lists as held out.
+    """
 
     geometries: tuple[dict[str, Any], ...]
     class_index: np.ndarray  # (features,) int
     classes: tuple[LabelClass, ...]
     crs: CRS | None
+    ids: np.ndarray | None = None  # (features,) int; None: 0, 1, ... in order
+
+    def __post_init__(self) -> None:
+        if self.ids is None:
+            object.__setattr__(self, "ids", np.arange(len(self.geometries), dtype=np.int64))
 
     def to_crs(self, crs: CRS) -> LabelSet:
         if self.crs is None or self.crs == crs:
-            return LabelSet(self.geometries, self.class_index, self.classes, crs)
+            return LabelSet(self.geometries, self.class_index, self.classes, crs, self.ids)
         return LabelSet(tuple(transform_geom(self.crs, crs, g) for g in self.geometries), self.class_index,
-                        self.classes, crs)
+                        self.classes, crs, self.ids)
 
     def subset(self, keep: np.ndarray) -> LabelSet:
         kept = np.flatnonzero(keep)
-        return LabelSet(tuple(self.geometries[i] for i in kept), self.class_index[kept], self.classes, self.crs)
-
-    def features_per_class(self) -> np.ndarray:
-        return np.bincount(self.class_index, minlength=len(self.classes))
+        return LabelSet(tuple(self.geometries[i] for i in kept), self.class_index[kept], self.classes, self.crs,
+                        self.ids[kept])
 
 
 def _colour(value: Any) -> str | None:
@@ -97,7 +105,8 @@ def read_labels(path: str) -> LabelSet:
         layer = _labels_layer(path)
         info = pyogrio.read_info(path, layer=layer)
         wanted = [f for f in info["fields"] if f in (CLASS_NAME_FIELD, CLASS_ID_FIELD, *COLOUR_FIELDS)]
-        meta, _, wkb, field_data = pyogrio.raw.read(path, layer=layer, columns=wanted, read_geometry=True)
+        meta, fids, wkb, field_data = pyogrio.raw.read(path, layer=layer, columns=wanted, read_geometry=True,
+                                                       return_fids=True)
     except (pyogrio.errors.DataSourceError, pyogrio.errors.DataLayerError) as exc:
         raise UserError(f"Cannot read the labels file '{path}': {exc}") from None
     fields = dict(zip(meta["fields"], field_data))
@@ -127,7 +136,7 @@ def read_labels(path: str) -> LabelSet:
     return LabelSet(
         geometries=tuple(shapely.geometry.mapping(shapely.make_valid(geometries[i])) for i in keep),
         class_index=np.array([index_of[names[i]] for i in keep], dtype=np.int64),
-        classes=tuple(classes), crs=crs,
+        classes=tuple(classes), crs=crs, ids=np.asarray(fids, dtype=np.int64)[keep],
     )
 
 

@@ -33,7 +33,7 @@ from rasterio.windows import Window
 from ..errors import UserError
 from ..models.skysense.band_mapping import default_band_mapping
 from ..models.skysense.dates import acquisition_date, day_of_year
-from .area import AreaOfInterest, pixel_size_m
+from .area import AreaOfInterest, pixel_size_m, utm_crs
 from .inspect import open_raster
 
 #: The largest refinement of the grid for the high-resolution image (e.g. 10 m grid -> 1.25 m image).
@@ -189,12 +189,6 @@ class GridSpec:
         x, y = self.transform @ (window.col_off + window.width / 2, window.row_off + window.height / 2)
         lon, lat = transform(self.crs, CRS.from_epsg(4326), [x], [y])
         return float(lon[0]), float(lat[0])
-
-
-def utm_crs(lon: float, lat: float) -> CRS:
-    """The WGS 84 UTM zone of a point."""
-    zone = min(60, max(1, int(math.floor((lon + 180.0) / 6.0)) + 1))
-    return CRS.from_epsg((32600 if lat >= 0 else 32700) + zone)
 
 
 def _fmt(bounds: Sequence[float]) -> str:

@@ -2,18 +2,17 @@
 
 This is what the QGIS classification plugins most analysts know do (the Semi-Automatic Classification
 Plugin, dzetsaka): every band of a pixel is a feature, with no context and no foundation model. It is
-trained on the same training labels and scored on the same held-out pixels as the head, so that the
-difference says what the backbone's features add.
+trained on the same training labels and scored on the same held-out pixels of the same folds as the head
+(:mod:`.fewshot`), so that the difference says what the backbone's features add.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 
-from .metrics import confusion_matrix, validation_metrics
+from .metrics import confusion_matrix
 
 BASELINE_NAME = "random forest (per pixel, band values)"
 #: Trees of the forest, and the training pixels it sees at most (sampled evenly across classes): enough
@@ -33,12 +32,11 @@ def _balanced_sample(values: np.ndarray, classes: np.ndarray, limit: int, rng: n
     return np.concatenate(picked)
 
 
-def random_forest_baseline(band_values: Sequence[np.ndarray], train_targets: Sequence[np.ndarray],
-                           validation_targets: Sequence[np.ndarray], classes: Sequence[dict[str, Any]],
-                           validated: Sequence[bool], message: str | None, seed: int = 0,
-                           n_jobs: int = 2) -> dict[str, Any]:
-    """Train the forest on the training pixels of each tile's ``band_values`` (bands, H, W) and score it on
-    the held-out pixels; the result has the same keys as the head's metrics, plus ``name``."""
+def random_forest_confusion(band_values: Sequence[np.ndarray], train_targets: Sequence[np.ndarray],
+                           validation_targets: Sequence[np.ndarray], num_classes: int, seed: int = 0,
+                           n_jobs: int = 2) -> np.ndarray:
+    """Train the forest on the training pixels of each tile's ``band_values`` (bands, H, W) and return the
+    (K, K) confusion matrix of its predictions on the validation pixels (targets < 0 are left out)."""
     from sklearn.ensemble import RandomForestClassifier
 
     def pixels(targets: Sequence[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
@@ -53,8 +51,6 @@ def random_forest_baseline(band_values: Sequence[np.ndarray], train_targets: Seq
                                     random_state=seed)
     forest.fit(x_train[keep], y_train[keep])
     x_val, y_val = pixels(validation_targets)
-    confusion = np.zeros((len(classes), len(classes)), dtype=np.int64)
-    if len(y_val):
-        confusion = confusion_matrix(y_val, forest.predict(x_val), len(classes))
-    return {"name": BASELINE_NAME, **validation_metrics(confusion, classes, validated, message),
-            "training_px": int(len(keep))}
+    if not len(y_val):
+        return np.zeros((num_classes, num_classes), dtype=np.int64)
+    return confusion_matrix(y_val, forest.predict(x_val), num_classes)

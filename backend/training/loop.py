@@ -1,6 +1,9 @@
 """The few-shot training loop on cached backbone features: AdamW, warm-up then cosine decay
-(SatDiFuser Sec. 4.2), class-balanced cross entropy that ignores unlabelled pixels, and early stopping
-on the held-out labels' loss that keeps the best state."""
+(SatDiFuser Sec. 4.2), class-balanced cross entropy that ignores unlabelled pixels, and early stopping on
+the loss of stopping labels that keeps the best state.
+
+The stopping labels are an inner split of the training labels (:func:`.split.inner_hold_out`), never the
+labels a figure is reported on: choosing the epoch on those would report the best of many noisy draws."""
 
 from __future__ import annotations
 
@@ -25,18 +28,18 @@ class TrainingSettings:
     weight_decay: float = 1e-2
     batch_size: int = 4
     warmup_epochs: int = 5  # Sec. 4.2; shortened to a fifth of the epochs when there are few
-    patience: int = 8  # epochs without a better hold-out loss before stopping; 0 never stops early
-    min_delta: float = 1e-4  # a hold-out loss must fall by more than this to count as better
+    patience: int = 8  # epochs without a better stopping loss before stopping; 0 never stops early
+    min_delta: float = 1e-4  # a stopping loss must fall by more than this to count as better
     seed: int = 0
 
 
 @dataclass
 class TrainingHistory:
-    """Mean training loss and hold-out loss of each epoch run, the epoch whose state was kept, and
+    """Mean training loss and stopping loss of each epoch run, the epoch whose state was kept, and
     whether training stopped before the last epoch."""
 
     losses: list[float] = field(default_factory=list)
-    validation_losses: list[float] = field(default_factory=list)
+    stopping_losses: list[float] = field(default_factory=list)
     best_epoch: int = -1
     stopped_early: bool = False
 
@@ -70,14 +73,17 @@ def _batch(features: Sequence[Sequence[Tensor]], indices: Sequence[int], device:
 def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targets: Sequence[np.ndarray],
                   settings: TrainingSettings, device: torch.device,
                   on_epoch: Callable[[int, float], None] | None = None,
-                  validation_targets: Sequence[np.ndarray] | None = None) -> TrainingHistory:
+                  stopping_targets: Sequence[np.ndarray] | None = None,
+                  epochs_to_run: int | None = None) -> TrainingHistory:
     """Train the fusion and head on per-tile cached features.
 
     ``features[i]`` is tile i's extractor output (batch of one), ``targets[i]`` its (H, W) class indices
-    with :data:`IGNORE` where unlabelled. Tiles of one batch must share a size. With
-    ``validation_targets`` (the held-out labels' pixels), the hold-out loss is computed after each epoch;
-    after warm-up, ``settings.patience`` epochs without improvement stop training, and the model is left
-    in the state of its best hold-out loss. Without them, every epoch runs and the last state is kept.
+    with :data:`IGNORE` where unlabelled. Tiles of one batch must share a size. With ``stopping_targets``
+    (the pixels of the stopping labels, an inner split of the training labels), their loss is computed
+    after each epoch; after warm-up, ``settings.patience`` epochs without improvement stop training, and
+    the model is left in the state of its best stopping loss. Without them, every epoch runs (or the
+    first ``epochs_to_run`` of the same schedule: a budget found on inner splits) and the last state is
+    kept.
     """
     generator = torch.Generator().manual_seed(settings.seed)
     torch.manual_seed(settings.seed)
@@ -85,7 +91,8 @@ def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targe
     weights = class_weights(targets, model.head.num_classes).to(device)
     target_tensors = [torch.from_numpy(t) for t in targets]
     with_labels = [i for i, t in enumerate(targets) if (t >= 0).any()]
-    held_out = [i for i, t in enumerate(validation_targets or []) if (t >= 0).any()]
+    held_out = [i for i, t in enumerate(stopping_targets or []) if (t >= 0).any()]
+    last_epoch = settings.epochs if epochs_to_run is None else max(1, min(settings.epochs, epochs_to_run))
     steps_per_epoch = math.ceil(len(with_labels) / settings.batch_size)
     total_steps = settings.epochs * steps_per_epoch
     warmup_epochs = min(settings.warmup_epochs, settings.epochs // 5)
@@ -94,7 +101,7 @@ def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targe
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
     history = TrainingHistory()
     best_loss, best_state, since_best = math.inf, None, 0
-    for epoch in range(settings.epochs):
+    for epoch in range(last_epoch):
         model.train()
         order = [with_labels[i] for i in torch.randperm(len(with_labels), generator=generator).tolist()]
         total = 0.0
@@ -113,17 +120,17 @@ def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targe
             total += float(loss.detach()) * len(batch)
         history.losses.append(total / len(order))
         if held_out:
-            validation = hold_out_loss(model, features, validation_targets or [], held_out, weights, device)
-            history.validation_losses.append(validation)
-            if validation < best_loss - settings.min_delta:
-                best_loss, since_best, history.best_epoch = validation, 0, epoch
+            stopping = hold_out_loss(model, features, stopping_targets or [], held_out, weights, device)
+            history.stopping_losses.append(stopping)
+            if stopping < best_loss - settings.min_delta:
+                best_loss, since_best, history.best_epoch = stopping, 0, epoch
                 best_state = copy.deepcopy(model.state_dict())
             elif epoch >= warmup_epochs:
                 since_best += 1
         if on_epoch is not None:
             on_epoch(epoch, history.losses[-1])
         if held_out and settings.patience > 0 and since_best >= settings.patience:
-            history.stopped_early = epoch < settings.epochs - 1
+            history.stopped_early = epoch < last_epoch - 1
             break
     if best_state is not None:
         model.load_state_dict(best_state)

@@ -1,5 +1,6 @@
 """Per-class precision, recall, F1 and IoU, overall accuracy, macro F1, mIoU and the confusion matrix of
-held-out pixels, in the form the dock and the command line show."""
+held-out pixels, their mean and spread over spatial folds, and the comparison with the baseline, in the
+form the dock and the command line show."""
 
 from __future__ import annotations
 
@@ -66,33 +67,68 @@ def not_validated(message: str) -> dict[str, Any]:
             "miou": None, "confusion_matrix": None, "pixels": 0}
 
 
-def validation_metrics(confusion: np.ndarray, classes: Sequence[dict[str, Any]], validated: Sequence[bool],
-                       message: str | None) -> dict[str, Any]:
-    """:func:`segmentation_metrics` with ``validated`` and, when some class is not validated, ``message``."""
-    if not any(validated) or confusion.sum() == 0:
+def spread(values: Sequence[float]) -> float | None:
+    """The standard deviation of per-fold figures (n - 1 in the denominator); None for fewer than two."""
+    return float(np.std(values, ddof=1)) if len(values) >= 2 else None
+
+
+def _mean(values: Sequence[float]) -> float | None:
+    return float(np.mean(values)) if values else None
+
+
+def cross_validated_metrics(confusions: Sequence[np.ndarray], validated: Sequence[np.ndarray],
+                            classes: Sequence[dict[str, Any]], held_out_labels: Sequence[int],
+                            message: str | None = None) -> dict[str, Any]:
+    """The figures a trained head reports from its folds: each figure's mean over the folds and its spread
+    (:func:`spread`); per class over the folds that held the class out; precision, recall and the confusion
+    matrix pooled over the folds (each held-out pixel is scored in exactly one fold).
+
+    ``confusions[f]`` is fold f's confusion matrix of held-out pixels and ``validated[f]`` the classes it
+    held out; ``held_out_labels`` counts each class's held-out labels over all folds.
+    """
+    folds = [segmentation_metrics(c, classes, v) for c, v in zip(confusions, validated) if c.sum() > 0]
+    if not folds:
         return not_validated(message or "Not validated: no held-out pixel lies on valid pixels of the raster")
-    metrics = {"validated": True, **segmentation_metrics(confusion, classes, validated)}
+    pooled = np.sum(confusions, axis=0)
+    pooled_metrics = segmentation_metrics(pooled, classes, np.any(validated, axis=0))
+    per_class = []
+    for k, row in enumerate(pooled_metrics["per_class"]):
+        f1s = [f["per_class"][k]["f1"] for f in folds if f["per_class"][k]["validated"]]
+        ious = [f["per_class"][k]["iou"] for f in folds if f["per_class"][k]["validated"]]
+        per_class.append({**row, "f1": _mean(f1s), "f1_std": spread(f1s), "iou": _mean(ious),
+                          "iou_std": spread(ious), "held_out_labels": int(held_out_labels[k]),
+                          "folds_validated": len(f1s)})
+    metrics: dict[str, Any] = {"validated": True, "folds": len(folds), "per_class": per_class}
+    for key in ("overall_accuracy", "macro_f1", "miou"):
+        values = [f[key] for f in folds if f[key] is not None]
+        metrics[key], metrics[f"{key}_std"] = _mean(values), spread(values)
+    metrics.update({"confusion_matrix": pooled_metrics["confusion_matrix"], "pixels": pooled_metrics["pixels"],
+                    "held_out_labels": int(np.sum(held_out_labels)),
+                    "fold_metrics": [{key: f[key] for key in ("overall_accuracy", "macro_f1", "miou", "pixels")}
+                                     for f in folds]})
     if message:
         metrics["message"] = message
     return metrics
 
 
-def hold_out_metrics(predictions: Sequence[np.ndarray], train_targets: Sequence[np.ndarray],
-                     val_targets: Sequence[np.ndarray], classes: Sequence[dict[str, Any]],
-                     hold_out: Any) -> dict[str, Any]:
-    """The scores a trained head reports: :func:`validation_metrics` on the held-out labels' pixels, with the
-    counts of held-out and training labels and the fit on the training pixels (``hold_out`` is a
-    :class:`~.samples.HoldOut`; targets use -1 for pixels without a label)."""
-    size = len(classes)
-
-    def confusion_of(targets: Sequence[np.ndarray]) -> np.ndarray:
-        return sum((confusion_matrix(t, p, size) for t, p in zip(targets, predictions)),
-                   np.zeros((size, size), dtype=np.int64))
-
-    message = hold_out.message([str(c["name"]) for c in classes])
-    metrics = validation_metrics(confusion_of(val_targets), classes, hold_out.validated, message)
-    fitted = segmentation_metrics(confusion_of(train_targets), classes)
-    metrics.update({"held_out_labels": int(hold_out.held_out.sum()),
-                    "training_labels": int((~hold_out.held_out).sum()),
-                    "training": {"overall_accuracy": fitted["overall_accuracy"], "miou": fitted["miou"]}})
-    return metrics
+def comparison(head: dict[str, Any], baseline: dict[str, Any] | None) -> dict[str, Any]:
+    """Whether the head beats the baseline: the mean and spread over folds of the difference in mIoU, fold
+    by fold (the folds are the same, so their difference is less noisy than the two figures apart)."""
+    if not baseline or not head.get("validated") or not baseline.get("validated"):
+        return {"line": "No comparison with the baseline: nothing was validated", "miou_gain": None,
+                "miou_gain_std": None}
+    gains = [h["miou"] - b["miou"] for h, b in zip(head["fold_metrics"], baseline["fold_metrics"])
+             if h["miou"] is not None and b["miou"] is not None]
+    gain, gain_std = _mean(gains), spread(gains)
+    if gain is None:
+        return {"line": "No comparison with the baseline: no fold scored both", "miou_gain": None,
+                "miou_gain_std": None}
+    name = baseline.get("name", "the baseline")
+    spread_text = f" ± {gain_std:.2f} over {len(gains)} folds" if gain_std is not None else " on one split"
+    if gain_std is not None and abs(gain) <= gain_std:
+        verdict = f"The head and the {name} are level within the folds' spread: mIoU {gain:+.2f}"
+    elif gain > 0:
+        verdict = f"The head beats the {name} by {gain:.2f} mIoU"
+    else:
+        verdict = f"The head is below the {name} by {-gain:.2f} mIoU"
+    return {"line": verdict + spread_text, "miou_gain": gain, "miou_gain_std": gain_std}

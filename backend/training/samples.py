@@ -1,5 +1,5 @@
 """Training tiles around the labels on a grid anchored to the raster, which label covers each pixel, and
-the spatial hold-out of whole labels for validation."""
+each tile's targets for a chosen subset of the labels (the folds themselves are :mod:`.split`'s)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,6 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import rasterio
-import shapely
 from rasterio.windows import Window
 from torch import Tensor
 
@@ -33,22 +32,24 @@ class TileSample:
     raw: np.ndarray | None  # (3, H, W) float32, the backbone's bands
     valid: np.ndarray  # (H, W) bool
     feature_px: np.ndarray  # (H, W) int32, label feature index or NO_LABEL
-    train_cover: np.ndarray  # (H, W) bool, covered by a training label (never a validation pixel)
     band_values: np.ndarray | None = None  # (bands, H, W) float32, all bands of the raster
     features: list[Tensor] = field(default_factory=list)
-
-    def targets(self, labels: LabelSet, use: np.ndarray, exclude_training: bool = False) -> np.ndarray:
-        """(H, W) int64 class indices where a feature selected by ``use`` lies, :data:`IGNORE` elsewhere.
-        Validation targets (``exclude_training``) leave out every pixel a training label covers, even
-        where a held-out label overlaps it."""
+    def targets(self, labels: LabelSet, use: np.ndarray, exclude: np.ndarray | None = None) -> np.ndarray:
+        """(H, W) int64 class indices where a feature selected by ``use`` lies, :data:`IGNORE` elsewhere and
+        where ``exclude`` (an (H, W) bool, e.g. the pixels a training label covers) is set."""
         target = np.full(self.feature_px.shape, IGNORE, dtype=np.int64)
         labelled = (self.feature_px != NO_LABEL) & self.valid
         chosen = labelled.copy()
         chosen[labelled] = use[self.feature_px[labelled]]
-        if exclude_training:
-            chosen &= ~self.train_cover
+        if exclude is not None:
+            chosen &= ~exclude
         target[chosen] = labels.class_index[self.feature_px[chosen]]
         return target
+
+    def cover(self, labels: LabelSet, use: np.ndarray, transform: rasterio.Affine) -> np.ndarray:
+        """(H, W) bool: the pixels that a feature selected by ``use`` covers, also where another feature
+        drawn over it wins the pixel (a held-out pixel under a training label is not held out)."""
+        return rasterize_features(labels.subset(use), self.window, transform) != NO_LABEL
 
 
 def grid_windows(area: Window, tile_px: int, raster_hw: tuple[int, int]) -> list[Window]:
@@ -68,10 +69,9 @@ def grid_windows(area: Window, tile_px: int, raster_hw: tuple[int, int]) -> list
     return windows
 
 
-def label_tiles(src: rasterio.io.DatasetReader, labels: LabelSet, held_out: np.ndarray, area: Window,
-                tile_px: int, bands: tuple[int, ...]) -> list[TileSample]:
+def label_tiles(src: rasterio.io.DatasetReader, labels: LabelSet, area: Window, tile_px: int,
+                bands: tuple[int, ...]) -> list[TileSample]:
     """Grid tiles over the labels' window that hold at least one labelled valid pixel."""
-    training = labels.subset(~held_out)
     samples = []
     for window in grid_windows(area, tile_px, (src.height, src.width)):
         feature_px = rasterize_features(labels, window, src.transform)
@@ -79,9 +79,8 @@ def label_tiles(src: rasterio.io.DatasetReader, labels: LabelSet, held_out: np.n
             continue
         raw, valid = read_bands(src, window, bands)
         if ((feature_px != NO_LABEL) & valid).any():
-            train_cover = rasterize_features(training, window, src.transform) != NO_LABEL
             band_values, _ = read_all_bands(src, window)
-            samples.append(TileSample(window, raw, valid, feature_px, train_cover, band_values))
+            samples.append(TileSample(window, raw, valid, feature_px, band_values))
     if not samples:
         raise UserError("Every labelled pixel is nodata in the raster; draw labels over valid pixels")
     return samples
@@ -107,60 +106,6 @@ def raster_normalisation(src: rasterio.io.DatasetReader, bands: tuple[int, ...],
     values = np.asarray(data.filled(0), dtype=np.float32)
     valid &= np.isfinite(values).all(axis=0)
     return percentile_normalisation([(values, valid)], bands, seed)
-
-
-@dataclass(frozen=True)
-class HoldOut:
-    """Which labels are held out for validation, and which classes can be validated at all."""
-
-    held_out: np.ndarray  # (features,) bool
-    validated: np.ndarray  # (classes,) bool
-    blocks: np.ndarray  # (features,) int, the spatial block of each label
-
-    def message(self, class_names: list[str]) -> str | None:
-        """Why some classes (or all) have no validation figures, or None when every class is validated."""
-        missing = [f"'{n}'" for n, v in zip(class_names, self.validated) if not v]
-        if not missing:
-            return None
-        if len(missing) == len(class_names):
-            return ("Not validated: no class has two labels, so none can be held out. Draw a second label of "
-                    "each class, away from the first")
-        return (f"Not validated for {', '.join(missing)}: a class needs two labels or more for one to be held "
-                "out. Draw another label of these classes, away from the first")
-
-
-def spatial_hold_out(labels: LabelSet, transform: rasterio.Affine, block_px: int, fraction: float,
-                     seed: int) -> HoldOut:
-    """Hold out whole labels, in spatial blocks: labels are grouped by the ``block_px`` grid cell of the
-    raster their representative point falls in, and in each class with labels in two blocks or more
-    ``fraction`` of its blocks (at least one, never all) are held out with all of that class's labels in
-    them; a class whose labels all share one block holds out whole labels instead. Held-out pixels are
-    then never pixels of a training label, and rarely its neighbours. A class with one label is not
-    validated."""
-    rng = np.random.default_rng(seed)
-    count = len(labels.geometries)
-    inverse = ~transform
-    blocks = np.zeros(count, dtype=np.int64)
-    for i, geometry in enumerate(labels.geometries):
-        point = shapely.geometry.shape(geometry).representative_point()
-        col, row = inverse @ (point.x, point.y)
-        blocks[i] = int(math.floor(row / block_px)) * 1_000_003 + int(math.floor(col / block_px))
-    held_out = np.zeros(count, dtype=bool)
-    validated = np.zeros(len(labels.classes), dtype=bool)
-    if fraction <= 0:
-        return HoldOut(held_out, validated, blocks)
-    for k in range(len(labels.classes)):
-        members = np.flatnonzero(labels.class_index == k)
-        if len(members) < 2:
-            continue
-        validated[k] = True
-        units = [members[blocks[members] == b] for b in np.unique(blocks[members])]
-        if len(units) < 2:
-            units = [np.array([m]) for m in members]
-        chosen = rng.choice(len(units), min(len(units) - 1, max(1, round(fraction * len(units)))), replace=False)
-        for unit in chosen:
-            held_out[units[unit]] = True
-    return HoldOut(held_out, validated, blocks)
 
 
 def check_labels(labels: LabelSet, min_labels: int) -> None:

@@ -27,7 +27,7 @@ from backend.models.skysense.config import S2_BANDS
 from backend.progress import Progress
 from backend.skysense_jobs import run_classify, run_prototypes
 from backend.skysense_series import run_series
-from backend.skysense_train import run_train_skysense
+from backend.training.skysense_job import run_train_skysense
 from tests.backend.models.skysense.tiny import CLASSES, micro_config
 from tests.conftest import BACKEND_PYTHON, ROOT
 
