@@ -276,6 +276,9 @@ register(
             Param("out", "output_folder", "Folder the outputs are written into"),
             Param("aoi", "vector", "Area of interest (polygons, any CRS); the whole raster when omitted", None),
             Param("backbone", "str", "Backbone to use instead of the one recorded in the head (same sha256)", None),
+            Param("unet_folder", "str", "UNet folder inside the backbone (e.g. checkpoint-150000/unet or unet; "
+                  "default: the one the head records, else the newest checkpoint as DiffusionSat's authors load it)",
+                  None),
             Param("bands", "str", "Raster bands fed as red, green, blue, e.g. 3,2,1 or 1 (default: the head's)",
                   None),
             Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),

@@ -92,6 +92,7 @@ class DiffusionFeatureExtractor(torch.nn.Module):
         self.inversion = inversion
         self.metadata = metadata
         paper = inversion == "paper"
+        self.inversion_steps_requested = int(inversion_steps) if paper and inversion_steps is not None else None
         self.inversion_grid = inversion_grid(self.timesteps, inversion_steps) if paper else self.timesteps
         self.inversion_steps = len(self.inversion_grid)
         unknown = sorted(set(blocks) - set(FEATURE_KINDS))
@@ -123,8 +124,9 @@ class DiffusionFeatureExtractor(torch.nn.Module):
 
     def describe(self) -> dict[str, Any]:
         """What a head's sidecar and an output's provenance record about how the features were read."""
-        return {"inversion": self.inversion, "inversion_steps": self.inversion_steps,
-                "unet_calls_per_batch": self.calls_per_batch, "metadata": self.metadata}
+        return {"inversion": self.inversion, "inversion_steps": self.inversion_steps_requested,
+                "inversion_grid": list(self.inversion_grid), "unet_calls_per_batch": self.calls_per_batch,
+                "metadata": self.metadata, "unet_folder": self.backbone.unet_folder}
 
     @property
     def input_multiple_px(self) -> int:

@@ -114,7 +114,8 @@ def test_hub_ports_and_bin_only_repositories_load_as_the_zenodo_release(tiny_bac
     assert not any("DiffusionSat-Single-512" in path and path.endswith(".bin") for path in fetched)
     assert by_name.name == "diffusionsat-512-hub"
     assert by_name.unet_folder == "unet"
-    assert by_name.metadata_embedding is not None and from_bin.metadata_embedding is not None
+    assert by_name.metadata_embedding is not None
+    assert from_bin.metadata_embedding is not None
     reference = load_backbone(zenodo)
     images = torch.rand(1, 3, 64, 64) * 2 - 1
     expected = _features(reference, images)

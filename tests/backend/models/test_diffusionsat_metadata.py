@@ -115,3 +115,35 @@ def test_tile_metadata_gives_the_reference_features(tiny_backbone_dirs):
 def test_tile_metadata_needs_a_diffusionsat_backbone(tiny_backbone):
     with pytest.raises(UserError, match="no metadata embedding"):
         DiffusionFeatureExtractor(tiny_backbone, timesteps=(1,), metadata="tile")
+
+
+def test_the_head_records_how_its_features_were_read(tiny_backbone_dirs, tmp_path):
+    import numpy as np
+
+    from backend.inference.tile_model import SegmentTileModel
+    from backend.models.segmenter import SatDiFuser, read_config
+
+    backbone = load_backbone(tiny_backbone_dirs["diffusionsat"])
+    extractor = DiffusionFeatureExtractor(backbone, timesteps=(1, 100), inversion="paper", inversion_steps=3,
+                                          metadata="tile")
+    classes = [{"id": 1, "name": "water", "colour": "#0000ff"}, {"id": 2, "name": "trees", "colour": "#00ff00"}]
+    torch.manual_seed(0)
+    model = SatDiFuser.create(extractor.feature_info, classes, "global", "pixel", fusion_kwargs={"out_chs": 8},
+                              extractor=extractor, timesteps=[1, 100], blocks=list(extractor.blocks),
+                              levels=list(extractor.levels),
+                              backbone={"name": backbone.name, "sha256": backbone.sha256})
+    folder = model.save_pretrained(tmp_path / "head")
+    recorded = read_config(folder).features
+    assert recorded == {"inversion": "paper", "inversion_steps": 3, "inversion_grid": [1, 33, 67, 100],
+                        "unet_calls_per_batch": 6, "metadata": "tile", "unet_folder": "checkpoint-150000/unet"}
+    loaded = SatDiFuser.from_pretrained(folder, backbone=backbone)
+    assert loaded.extractor.describe() == recorded
+    images = torch.rand(2, 3, 64, 64) * 2 - 1
+    metadata = torch.tensor([TileMetadata(longitude=10.0, latitude=45.0, gsd_m=1.0).normalised()] * 2)
+    with torch.inference_mode():
+        expected = loaded(images, metadata).softmax(1)
+    tile_model = SegmentTileModel(loaded, torch.device("cpu"), {})
+    out = tile_model({"images": images.numpy(), "metadata": metadata.numpy()})
+    np.testing.assert_allclose(out, expected.numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(UserError, match="none was given"):
+        tile_model(images.numpy())
