@@ -80,6 +80,18 @@ class TileMetadata:
         ]
         return [v * SCALE for v in values]
 
+    @classmethod
+    def from_bounds(cls, crs: Any, bounds: tuple[float, float, float, float], gsd_m: float,
+                    cloud_cover: float | None = None, date: dt.date | None = None) -> TileMetadata:
+        """The metadata of a tile whose ``bounds`` (left, bottom, right, top) are in ``crs`` (anything rasterio
+        reads): its centre in WGS 84 longitude and latitude, as DiffusionSat takes a scene's centroid."""
+        from rasterio.warp import transform
+
+        x = (bounds[0] + bounds[2]) / 2
+        y = (bounds[1] + bounds[3]) / 2
+        lon, lat = transform(crs, "EPSG:4326", [x], [y])
+        return cls(longitude=float(lon[0]), latitude=float(lat[0]), gsd_m=gsd_m, cloud_cover=cloud_cover, date=date)
+
     def to_json(self) -> dict[str, Any]:
         return {"longitude": self.longitude, "latitude": self.latitude, "gsd_m": self.gsd_m,
                 "cloud_cover": self.cloud_cover, "date": self.date.isoformat() if self.date else None}

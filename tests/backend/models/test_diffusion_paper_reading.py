@@ -37,7 +37,7 @@ def _reference_features(backbone, images: torch.Tensor, timesteps: tuple[int, ..
         for t in timesteps:  # the features of t: the UNet at t on z_t
             seen: dict[str, torch.Tensor] = {}
             handles = [unet.get_submodule(name).register_forward_hook(
-                lambda _m, _i, out, name=name: seen.__setitem__(name, out)) for name in modules]
+                lambda _m, _i, out, name=name, seen=seen: seen.__setitem__(name, out)) for name in modules]
             try:
                 unet(inverted[t], t, encoder_hidden_states=prompt)
             finally:

@@ -71,6 +71,10 @@ def test_normalisation_reproduces_the_authors_example():
     assert undated == pytest.approx([500.0, 500.0, 10000.0, 250.0, 0.0, 0.0, 0.0])
     with pytest.raises(UserError, match="longitude and latitude"):
         TileMetadata(longitude=500000.0, latitude=4e6, gsd_m=1.0)
+    # A tile in UTM 31N centred on (500000, 5000000): 3 degrees east, about 45.1535 north (arc 5e6 m / 0.9996).
+    utm = TileMetadata.from_bounds("EPSG:32631", (499744.0, 4999744.0, 500256.0, 5000256.0), 1.0)
+    assert utm.longitude == pytest.approx(3.0, abs=1e-6)
+    assert utm.latitude == pytest.approx(45.1535, abs=1e-3)
 
 
 def test_zeros_are_folded_exactly_as_diffusionsat_computes_no_metadata(tiny_backbone_dirs):
