@@ -428,7 +428,8 @@ register(
         params=_SKYSENSE_INPUTS + (
             Param("learn", "choice", "Learn the prototypes on the area before mapping", "none",
                   choices=("none", "prototypes")),
-            Param("epochs", "int", "Passes over the area's tiles when learning", 5),
+            Param("epochs", "int", "Passes of prototype learning: each is one Sinkhorn assignment and one EMA step "
+                  "(momentum 0.5) per region over all the area's pixels; the order of the tiles does not matter", 5),
             Param("save_model", "output_folder", "Folder the model (with learned prototypes) is saved into", None),
             Param("similarities", "bool", "Also write prototype_similarities.tif (the similarity to every prototype "
                   "of the region, what a click on the map lists)", True),
