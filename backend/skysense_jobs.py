@@ -289,7 +289,7 @@ def prototype_warnings(stack: InputStack, model: SkySense, use: str) -> list[str
     shown = ", ".join(str(r) for r in unlearned[:8]) + (" ..." if len(unlearned) > 8 else "")
     return [f"The prototypes of region {shown} were never learned (no official file carries prototypes): {use} "
             "uses their initial, random values. Learn them on this area first: the prototypes task with 'learn "
-            "prototypes on the area' (python -m backend prototypes ... --learn prototypes --save_model FOLDER), "
+            "prototypes on the area' (python -m backend prototypes ... --learn prototypes --save-model FOLDER), "
             "then use the saved model"]
 
 

@@ -61,3 +61,14 @@ def test_unlearned_prototypes_warn_until_learned_on_the_area(official: dict[str,
     again = run_classify(_params("classify", official, tmp_path / "classes2", tile_px=20, model=str(saved)),
                          Progress())
     assert not any("never learned" in w for w in again["warnings"])
+
+
+def test_the_command_line_prints_the_warnings(official: dict[str, Any], tmp_path: Path, capsys) -> None:
+    from backend.__main__ import main
+
+    code = main(["--quiet", "prototypes", "--model", official["model"], "--out", str(tmp_path / "out"), "--s2",
+                 ",".join(official["s2"]), "--tile-px", "20"])
+    assert code == 0
+    err = capsys.readouterr().err
+    assert "warning: The prototypes of region 20 were never learned" in err
+    assert "--learn prototypes --save-model FOLDER" in err
