@@ -66,7 +66,8 @@ class SegmentTileModel:
             batch = batch["images"]
         with torch.inference_mode():
             images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            probabilities = self.model(images, metadata).softmax(1)
+            logits = self.model(images) if metadata is None else self.model(images, metadata)
+            probabilities = logits.softmax(1)
             return probabilities.float().cpu().numpy()
 
 
@@ -101,8 +102,9 @@ def _load_segment(spec: TileModelSpec, device: torch.device) -> SegmentTileModel
 
     settings = InferenceSettings(precision=spec.params.get("precision") or "auto",
                                  compile=bool(spec.params.get("compile")))
+    override = {"unet_folder": spec.params["unet_folder"]} if spec.params.get("unet_folder") else {}
     model, backbone_provenance, head_sha256 = load_segmenter(spec.params["model"], spec.params.get("backbone"),
-                                                             device, settings, spec.params.get("unet_folder"))
+                                                             device, settings, **override)
     provenance = {"checkpoint_sha256": head_sha256, "head_sha256": head_sha256, **backbone_provenance}
     return SegmentTileModel(model, device, provenance)
 
