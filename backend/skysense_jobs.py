@@ -366,6 +366,8 @@ def _provenance(job: str, loaded: LoadedModel, params: dict[str, Any], stack: In
         "checkpoint_sha256": loaded.checkpoint_sha256, "parameters": dict(params),
         "inputs": {m.name: m.describe() for m in modalities},
         "normalisation": {n: s.normalisation.to_json() for n, s in stack.modalities.items() if s.normalisation},
+        "date_encoding": {m: e.date_encoding for m, e in loaded.model.config.encoders.items()},
+        "prototype_regions": loaded.model.prototypes.learned_regions,
         "grid": {"crs": grid.crs.to_string(), "gsd_m": grid.gsd_m, "width": grid.width, "height": grid.height,
                  "tile_px": stack.tile_px, "hr_factor": stack.modalities["hr"].factor if "hr" in stack.modalities
                  else None},

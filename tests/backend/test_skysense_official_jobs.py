@@ -40,6 +40,8 @@ def test_the_official_statistics_normalise_the_inputs(official: dict[str, Any], 
     used = result["provenance"]["normalisation"]["s2"]
     stats = SkySense.from_pretrained(official["model"]).config.encoders["s2"].normalisation
     assert used["statistics"]["source"].startswith("SkySense++")
+    assert result["provenance"]["date_encoding"] == {"s2": True}
+    assert result["provenance"]["prototype_regions"] == []
     mean, std = np.asarray(stats["mean"]), np.asarray(stats["std"])
     np.testing.assert_allclose(used["p2"], mean - std, rtol=1e-6)
     np.testing.assert_allclose(used["p98"], mean + std, rtol=1e-6)
