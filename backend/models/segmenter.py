@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -29,6 +30,8 @@ from .heads import Head, create_head
 if TYPE_CHECKING:
     from .diffusion import DiffusionBackbone, DiffusionFeatureExtractor
     from .diffusion.fast_path import InferenceSettings
+
+log = logging.getLogger("terrafuse.models")
 
 HEAD_WEIGHTS_NAME = "head.safetensors"
 HEAD_CONFIG_NAME = "config.json"
@@ -151,6 +154,10 @@ class SatDiFuser(nn.Module):
 
         check_backbone(self.config, backbone)
         reading = self.config.features
+        if backbone.metadata_embedding is not None and "metadata" not in reading:
+            log.warning("The head does not record how its features were read; %s now runs with DiffusionSat's "
+                        "metadata embedding (its no-metadata zeros): a head trained before that should be "
+                        "retrained", backbone.name)
         extractor = DiffusionFeatureExtractor(backbone, timesteps=self.config.timesteps, blocks=self.config.blocks,
                                               levels=self.config.levels, settings=settings,
                                               inversion=reading.get("inversion", "reuse"),
