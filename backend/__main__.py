@@ -75,6 +75,8 @@ def main(argv: list[str] | None = None) -> int:
     except (KeyboardInterrupt, JobCancelled):
         print("cancelled", file=sys.stderr)
         return 130
+    for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
+        print(f"warning: {warning}", file=sys.stderr)
     json.dump(result, sys.stdout, indent=2)
     sys.stdout.write("\n")
     return 0

@@ -245,6 +245,14 @@ register(
             Param("bands", "str", "Bands fed as red, green, blue, e.g. 3,2,1 (default: the RGB bands, else 1,2,3)",
                   None),
             Param("timesteps", "str", "Diffusion timesteps of the features", "1,100,200"),
+            Param("inversion", "choice", "How features are read: reuse (each timestep's features from the "
+                  "inversion's own UNet calls, K calls) or paper (DDIM inversion to each timestep, then the UNet on "
+                  "z_t at t, as SatDiFuser reads them; more calls, docs/performance.md)", "reuse",
+                  choices=("reuse", "paper")),
+            Param("inversion_steps", "int", "DDIM inversion steps of the paper's reading (default: one per "
+                  "timestep)", None),
+            Param("unet_folder", "str", "UNet folder inside the backbone (e.g. checkpoint-150000/unet or unet; "
+                  "default: the newest checkpoint as DiffusionSat's authors load it)", None),
             Param("tile_px", "int", "Tile size in pixels (default: the backbone's training size)", None),
             Param("epochs", "int", "Most training epochs", 40),
             Param("patience", "int", "Epochs without a better loss on the inner split of the training labels "
@@ -286,6 +294,9 @@ register(
             Param("out", "output_folder", "Folder the outputs are written into"),
             Param("aoi", "vector", "Area of interest (polygons, any CRS); the whole raster when omitted", None),
             Param("backbone", "str", "Backbone to use instead of the one recorded in the head (same sha256)", None),
+            Param("unet_folder", "str", "UNet folder inside the backbone (e.g. checkpoint-150000/unet or unet; "
+                  "default: the one the head records, else the newest checkpoint as DiffusionSat's authors load it)",
+                  None),
             Param("bands", "str", "Raster bands fed as red, green, blue, e.g. 3,2,1 or 1 (default: the head's)",
                   None),
             Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),
@@ -437,7 +448,8 @@ register(
         params=_SKYSENSE_INPUTS + (
             Param("learn", "choice", "Learn the prototypes on the area before mapping", "none",
                   choices=("none", "prototypes")),
-            Param("epochs", "int", "Passes over the area's tiles when learning", 5),
+            Param("epochs", "int", "Passes of prototype learning: each is one Sinkhorn assignment and one EMA step "
+                  "(momentum 0.5) per region over all the area's pixels; the order of the tiles does not matter", 5),
             Param("save_model", "output_folder", "Folder the model (with learned prototypes) is saved into", None),
             Param("similarities", "bool", "Also write prototype_similarities.tif (the similarity to every prototype "
                   "of the region, what a click on the map lists)", True),

@@ -160,7 +160,8 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         predictions = sum(len(chunk_tiles) for _, chunk_tiles in chunks)
         total = predictions + 2
         spec = TileModelSpec("segment", {"model": str(Path(params["model"]).resolve()), "backbone": params["backbone"],
-                                         "precision": params["precision"], "compile": bool(params["compile"])})
+                                         "precision": params["precision"], "compile": bool(params["compile"]),
+                                         "unet_folder": params.get("unet_folder")})
         head_sha256 = model_sha256(spec)
         normalisation = BandNormalisation(bands, tuple(config.band_low), tuple(config.band_high))
         parameters = {**params, "bands": list(bands), "overlap_px": overlap_px, "tile_px": tile_px,

@@ -165,8 +165,11 @@ def prepare_stack(params: dict[str, Any], model: SkySense) -> tuple[InputStack, 
     tile_px = int(params.get("tile_px") or default_tile_px(model))
     stack = open_stack(modalities, grid, tile_px)
     try:
-        # A trained head's own normalisation first: training and prediction must see the same values.
-        stack.compute_normalisation(only=stack.set_normalisation(model.config.normalisation))
+        # A trained head's own normalisation first: training and prediction must see the same values; then the
+        # statistics the weights were trained with (official checkpoints); percentiles over the area for the rest.
+        missing = stack.set_normalisation(model.config.normalisation)
+        statistics = {m: e.normalisation for m, e in model.config.encoders.items() if e.normalisation}
+        stack.compute_normalisation(only=stack.set_statistics(statistics, only=missing))
     except BaseException:
         stack.__exit__(None, None, None)
         raise
@@ -253,7 +256,7 @@ def map_tiles(stack: InputStack, predictor: TilePredictor, geometries: list[dict
 
 
 def learn_on_area(stack: InputStack, model: SkySense, geometries: list[dict[str, Any]] | None, epochs: int,
-                  progress: Progress, device: torch.device) -> int:
+                  progress: Progress, device: torch.device, seed: int = 0) -> int:
     """Geo-Context Prototype Learning (eq. 11-13, Sinkhorn-Knopp assignment and EMA update) on the area's
     tiles with the network frozen; returns the number of tiles used."""
     tiles = stack.tiles()
@@ -267,8 +270,27 @@ def learn_on_area(stack: InputStack, model: SkySense, geometries: list[dict[str,
             batches.append({k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in inputs.items()})
     if not batches:
         raise UserError("No tile of the area holds valid pixels to learn prototypes from")
-    learn_prototypes(model, batches, epochs=max(1, epochs), progress=progress)
+    learn_prototypes(model, batches, epochs=max(1, epochs), progress=progress, seed=seed)
     return len(batches)
+
+
+def area_regions(stack: InputStack, model: SkySense) -> list[int]:
+    """The prototype regions of the area's tiles (the region of each tile's centre, as the model picks it)."""
+    lonlat = torch.tensor([stack.grid.lonlat(w) for w in stack.tiles()], dtype=torch.float64)
+    return sorted(set(model.regions.index(lonlat).tolist())) if len(lonlat) else []
+
+
+def prototype_warnings(stack: InputStack, model: SkySense, use: str) -> list[str]:
+    """A warning when the area has regions whose prototypes were never learned: no official file carries
+    prototypes, so a converted checkpoint's are random until learned on the user's imagery."""
+    unlearned = model.prototypes.unlearned(area_regions(stack, model))
+    if not unlearned:
+        return []
+    shown = ", ".join(str(r) for r in unlearned[:8]) + (" ..." if len(unlearned) > 8 else "")
+    return [f"The prototypes of region {shown} were never learned (no official file carries prototypes): {use} "
+            "uses their initial, random values. Learn them on this area first: the prototypes task with 'learn "
+            "prototypes on the area' (python -m backend prototypes ... --learn prototypes --save-model FOLDER), "
+            "then use the saved model"]
 
 
 # -- outputs --------------------------------------------------------------------------------------------
@@ -344,6 +366,8 @@ def _provenance(job: str, loaded: LoadedModel, params: dict[str, Any], stack: In
         "checkpoint_sha256": loaded.checkpoint_sha256, "parameters": dict(params),
         "inputs": {m.name: m.describe() for m in modalities},
         "normalisation": {n: s.normalisation.to_json() for n, s in stack.modalities.items() if s.normalisation},
+        "date_encoding": {m: e.date_encoding for m, e in loaded.model.config.encoders.items()},
+        "prototype_regions": loaded.model.prototypes.learned_regions,
         "grid": {"crs": grid.crs.to_string(), "gsd_m": grid.gsd_m, "width": grid.width, "height": grid.height,
                  "tile_px": stack.tile_px, "hr_factor": stack.modalities["hr"].factor if "hr" in stack.modalities
                  else None},
@@ -383,6 +407,7 @@ def run_classify(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     polygons = _read_polygons(params["polygons"]) if params.get("polygons") else None
     stack, modalities, geometries = prepare_stack(params, model)
     with stack:
+        region_warnings = prototype_warnings(stack, model, "the geo-context part of the features (eq. 3)")
         files = OutputFiles(params["out"])
         try:
             outputs = ("logits", "features") if polygons is not None else ("logits",)
@@ -399,7 +424,8 @@ def run_classify(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
             files.discard()
             raise
     result.update({"provenance": provenance,
-                   "warnings": loaded.warnings + modality_warnings(model, modalities) + result.get("warnings", [])})
+                   "warnings": loaded.warnings + modality_warnings(model, modalities) + region_warnings
+                   + result.get("warnings", [])})
     return result
 
 
@@ -589,7 +615,10 @@ def run_prototypes(params: dict[str, Any], progress: Progress) -> dict[str, Any]
         learned_tiles = 0
         if params.get("learn") == "prototypes":
             torch.manual_seed(seed)
-            learned_tiles = learn_on_area(stack, model, geometries, int(params.get("epochs") or 5), progress, device)
+            learned_tiles = learn_on_area(stack, model, geometries, int(params.get("epochs") or 5), progress, device,
+                                          seed)
+        else:
+            warnings += prototype_warnings(stack, model, "the prototype map")
         files = OutputFiles(params["out"])
         # The learned prototypes live in this process only: a cluster's actors load them from a scratch copy
         # in the output folder (where every node of a cluster that writes there can read them), removed after.

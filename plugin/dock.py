@@ -25,6 +25,7 @@ from qgis.core import (
 from qgis.gui import QgsFileWidget
 from qgis.PyQt import uic
 from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtGui import QTextCursor
 from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QLineEdit, QMessageBox, QScrollArea
 
 from ..backend import jobs
@@ -488,6 +489,22 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         elif job == "segment":
             self.resultBrowser.setHtml(segment_html(result))
         self._show_result_details(job, result)
+        if job != "inspect":  # inspect_html lists its own warnings
+            self._show_warnings(job, result.get("warnings") or [])
+
+    def _show_warnings(self, job: str, warnings: list) -> None:
+        """A job's warnings (e.g. prototypes never learned, and how to learn them) above its result, and the
+        first one in the message bar."""
+        if not warnings:
+            return
+        block = warnings_html(warnings)
+        if job == "classify":  # no other summary: the warnings are the result pane
+            self.resultBrowser.setHtml(block)
+        else:
+            cursor = self.resultBrowser.textCursor()
+            cursor.movePosition(QTextCursor.MoveOperation.Start)
+            cursor.insertHtml(block)
+        self.iface.messageBar().pushMessage("Terrafuse", warnings[0], level=Qgis.Warning, duration=10)
 
     def zoom_to_most_uncertain(self) -> None:
         if not self.most_uncertain:
@@ -698,6 +715,10 @@ def _fmt(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     return str(value)
+
+
+def warnings_html(warnings: list) -> str:
+    return "".join(f"<p style='color:#b26a00'>&#9888; {html.escape(str(w))}</p>" for w in warnings)
 
 
 def inspect_html(result: Dict[str, Any]) -> str:

@@ -119,6 +119,27 @@ register_model(ModelEntry(
            "Stability AI). Size is approximate (fp32 VAE, UNet and OpenCLIP text encoder); the hub checks "
            "each file's sha256."),
 ))
+# Community diffusers ports of the two DiffusionSat releases (BiliSakura on the Hugging Face hub): the same
+# weights as the Zenodo archives, with the SatUNet (metadata embedding included) under unet/ and a custom
+# pipeline file beside. Their file sizes and sha256 could not be read here (no listing of the repositories
+# reached this project's sources); the hub's own sha256 of each LFS file is what 'models verify' checks.
+_DIFFUSIONSAT_PORT_NOTES = (
+    "Community port to a diffusers folder (custom pipeline pipeline_diffusionsat.py, which Terrafuse never "
+    "runs); Terrafuse loads its UNet with the metadata embedding as it loads the Zenodo release. Size and "
+    "sha256 unknown: no file listing of the repository was reachable when this entry was written; the hub "
+    "checks each file's sha256 on download and 'models verify' re-hashes them.")
+register_model(ModelEntry(
+    name="diffusionsat-512-hub", title="DiffusionSat 512 px (diffusers port on the hub)", kind="hub",
+    source="BiliSakura/DiffusionSat-Single-512", homepage="https://huggingface.co/BiliSakura/DiffusionSat-Single-512",
+    licence="not stated in the sources read here: read the model card before use; cite Khanna et al., ICLR 2024",
+    allow_patterns=_SD_PATTERNS, notes=_DIFFUSIONSAT_PORT_NOTES,
+))
+register_model(ModelEntry(
+    name="diffusionsat-256-hub", title="DiffusionSat 256 px (diffusers port on the hub)", kind="hub",
+    source="BiliSakura/DiffusionSat-Single-256", homepage="https://huggingface.co/BiliSakura/DiffusionSat-Single-256",
+    licence="not stated in the sources read here: read the model card before use; cite Khanna et al., ICLR 2024",
+    allow_patterns=_SD_PATTERNS, notes=_DIFFUSIONSAT_PORT_NOTES,
+))
 register_model(ModelEntry(
     name="skysense", title="SkySense official checkpoints (manual download)", kind="manual",
     source="https://github.com/Jack-bo1220/SkySense", homepage="https://github.com/Jack-bo1220/SkySense",

@@ -122,3 +122,19 @@ def fetch_snapshot(
         raise UserError(f"Downloading {where} failed: {exc}") from None
     log.info("model %s resolved to %s%s", where, folder, " (offline cache)" if local_only else "")
     return Path(folder)
+
+
+def list_repo_files(repo_id: str, *, revision: str | None = None) -> list[str]:
+    """The file names of ``repo_id`` on the hub (no download); a UserError when the hub cannot say."""
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError, RepositoryNotFoundError, RevisionNotFoundError
+
+    where = f"{repo_id}" + (f"@{revision}" if revision else "")
+    try:
+        return list(HfApi().list_repo_files(repo_id, revision=revision))
+    except RepositoryNotFoundError:
+        raise UserError(f"No model repository {repo_id} on the hub (or it is private)") from None
+    except RevisionNotFoundError:
+        raise UserError(f"The model repository {repo_id} has no revision {revision!r}") from None
+    except (HfHubHTTPError, OSError) as exc:
+        raise UserError(f"Listing the files of {where} failed (no connection to the hub?): {exc}") from None

@@ -49,7 +49,9 @@ class TileModel(Protocol):
 
 class SegmentTileModel:
     """A SatDiFuser head with its backbone: float32 (N, C, H, W) tiles in [-1, 1] -> float32
-    (N, K, H, W) class probabilities (softmax of the logits)."""
+    (N, K, H, W) class probabilities (softmax of the logits). A head that reads DiffusionSat's metadata per
+    tile takes dict batches ``{"images": (N, C, H, W), "metadata": (N, 7)}`` (see
+    :mod:`..models.diffusion.metadata`)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, provenance: dict[str, Any]) -> None:
         self.model = model
@@ -57,16 +59,25 @@ class SegmentTileModel:
         self.provenance = provenance
         self.max_batch: int | None = None
 
-    def __call__(self, batch: np.ndarray) -> np.ndarray:
+    def __call__(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
+        metadata = None
+        if isinstance(batch, dict):
+            metadata = torch.from_numpy(np.asarray(batch["metadata"], dtype=np.float32))
+            batch = batch["images"]
         with torch.inference_mode():
-            probabilities = self.model(torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)).softmax(1)
+            images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
+            logits = self.model(images) if metadata is None else self.model(images, metadata)
+            probabilities = logits.softmax(1)
             return probabilities.float().cpu().numpy()
 
 
 def load_segmenter(model_dir: str, backbone_source: str | None, device: torch.device,
-                   settings: InferenceSettings | None = None) -> tuple[torch.nn.Module, dict[str, Any], str]:
+                   settings: InferenceSettings | None = None,
+                   unet_folder: str | None = None) -> tuple[torch.nn.Module, dict[str, Any], str]:
     """The head with its backbone attached (the backbone from the process's cache) and run with
-    ``settings`` (precision, compile), the backbone's provenance and the head's sha256."""
+    ``settings`` (precision, compile), the backbone's provenance (with how the head reads its features) and
+    the head's sha256. The UNet folder is ``unet_folder``, else the one the head recorded, else the default
+    choice; the backbone's sha256 check refuses a UNet the head was not trained on."""
     from ..hub.checksums import file_sha256
     from ..models.cache import BACKBONES
     from ..models.segmenter import HEAD_WEIGHTS_NAME, SatDiFuser, read_config
@@ -75,13 +86,15 @@ def load_segmenter(model_dir: str, backbone_source: str | None, device: torch.de
     source = backbone_source or config.backbone.get("source") or config.backbone.get("name")
     if not source:
         raise UserError(f"The head {model_dir} records no backbone; pass one with --backbone")
+    unet_folder = unet_folder or config.features.get("unet_folder")
     try:
-        backbone = BACKBONES.get(source, device)
+        backbone = BACKBONES.get(source, device, unet_folder=unet_folder)
     except UserError as exc:
         raise UserError(f"Cannot load the backbone of this head ({exc}); pass its folder with --backbone") from None
     model = SatDiFuser.from_pretrained(model_dir, backbone=backbone, settings=settings)
     head_sha256 = file_sha256(Path(model_dir) / HEAD_WEIGHTS_NAME)
-    return model.to(device), backbone.provenance(), head_sha256
+    provenance = {**backbone.provenance(), "features": model.extractor.describe()}
+    return model.to(device), provenance, head_sha256
 
 
 def _load_segment(spec: TileModelSpec, device: torch.device) -> SegmentTileModel:
@@ -89,8 +102,9 @@ def _load_segment(spec: TileModelSpec, device: torch.device) -> SegmentTileModel
 
     settings = InferenceSettings(precision=spec.params.get("precision") or "auto",
                                  compile=bool(spec.params.get("compile")))
+    override = {"unet_folder": spec.params["unet_folder"]} if spec.params.get("unet_folder") else {}
     model, backbone_provenance, head_sha256 = load_segmenter(spec.params["model"], spec.params.get("backbone"),
-                                                             device, settings)
+                                                             device, settings, **override)
     provenance = {"checkpoint_sha256": head_sha256, "head_sha256": head_sha256, **backbone_provenance}
     return SegmentTileModel(model, device, provenance)
 

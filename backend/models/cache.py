@@ -36,11 +36,11 @@ class BackboneCache:
         self._lock = threading.Lock()
         self.loads = 0
 
-    def get(self, source: str, device: torch.device | str = "cpu",
-            dtype: torch.dtype = torch.float32) -> DiffusionBackbone:
+    def get(self, source: str, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
+            unet_folder: str | None = None) -> DiffusionBackbone:
         from .diffusion import load_backbone
 
-        key = (*_source_key(source), str(torch.device(device)), str(dtype))
+        key = (*_source_key(source), str(torch.device(device)), str(dtype), unet_folder or "")
         with self._lock:
             if key in self._items:
                 self._items.move_to_end(key)
@@ -48,7 +48,7 @@ class BackboneCache:
             # Drop first: two large backbones may not fit side by side.
             while len(self._items) >= max(1, self.capacity):
                 self._items.popitem(last=False)
-            backbone = load_backbone(source, device, dtype)
+            backbone = load_backbone(source, device, dtype, unet_folder=unet_folder)
             self.loads += 1
             self._items[key] = backbone
             return backbone

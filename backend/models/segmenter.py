@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import datetime
 import json
+import logging
 import os
 import shutil
 from collections.abc import Sequence
@@ -30,6 +31,8 @@ if TYPE_CHECKING:
     from .diffusion import DiffusionBackbone, DiffusionFeatureExtractor
     from .diffusion.fast_path import InferenceSettings
 
+log = logging.getLogger("terrafuse.models")
+
 HEAD_WEIGHTS_NAME = "head.safetensors"
 HEAD_CONFIG_NAME = "config.json"
 CONFIG_FORMAT = "terrafuse-head"
@@ -48,6 +51,9 @@ class SegmenterConfig:
     fusion_kwargs: dict[str, Any] = field(default_factory=dict)
     head_kwargs: dict[str, Any] = field(default_factory=dict)
     backbone: dict[str, Any] = field(default_factory=dict)  # name, source, sha256
+    #: How the features were read (DiffusionFeatureExtractor.describe()): inversion "reuse" or "paper" with its
+    #: steps, metadata "none" (DiffusionSat's zeros) or "tile", the UNet folder. Empty: reuse, none.
+    features: dict[str, Any] = field(default_factory=dict)
     timesteps: list[int] = field(default_factory=list)
     blocks: list[str] = field(default_factory=list)
     levels: list[int] = field(default_factory=list)
@@ -109,20 +115,23 @@ class SatDiFuser(nn.Module):
         fusion_module = create_fusion(fusion, feature_info, **(fusion_kwargs or {}))
         head_module = create_head(head, fusion_module.pyramid_chs, len(classes), **(head_kwargs or {}))
         info = [{k: entry[k] for k in FEATURE_INFO_KEYS} for entry in feature_info]
+        if extractor is not None and "features" not in config:
+            config["features"] = extractor.describe()
         settings = SegmenterConfig(
             classes=[dict(c) for c in classes], feature_info=info, fusion=fusion, head=head,
             fusion_kwargs=fusion_module.config(), head_kwargs=head_module.config(), **config,
         )
         return cls(fusion_module, head_module, settings, extractor)
 
-    def forward(self, images: Tensor) -> Tensor:
+    def forward(self, images: Tensor, metadata: Tensor | None = None) -> Tensor:
         """Inference: features, then fusion and head under the extractor's autocast precision (the
-        backbone's fast path, :mod:`.diffusion.fast_path`); float32 logits."""
+        backbone's fast path, :mod:`.diffusion.fast_path`); float32 logits. ``metadata`` (B, 7): each image's
+        DiffusionSat metadata, for a head whose features were read with metadata "tile"."""
         from .diffusion.fast_path import autocast_dtype
 
         if self.extractor is None:
             raise RuntimeError("no feature extractor attached: call attach_backbone() or use decode()")
-        features = self.extractor(images)
+        features = self.extractor(images, metadata)
         device = features[0].device
         dtype = autocast_dtype(self.extractor.settings.precision, device)
         if dtype is None:
@@ -144,8 +153,16 @@ class SatDiFuser(nn.Module):
         from .diffusion import DiffusionFeatureExtractor
 
         check_backbone(self.config, backbone)
+        reading = self.config.features
+        if backbone.metadata_embedding is not None and "metadata" not in reading:
+            log.warning("The head does not record how its features were read; %s now runs with DiffusionSat's "
+                        "metadata embedding (its no-metadata zeros): a head trained before that should be "
+                        "retrained", backbone.name)
         extractor = DiffusionFeatureExtractor(backbone, timesteps=self.config.timesteps, blocks=self.config.blocks,
-                                              levels=self.config.levels, settings=settings)
+                                              levels=self.config.levels, settings=settings,
+                                              inversion=reading.get("inversion", "reuse"),
+                                              inversion_steps=reading.get("inversion_steps"),
+                                              metadata=reading.get("metadata", "none"))
         check_feature_info(self.config.feature_info, extractor.feature_info)
         object.__setattr__(self, "extractor", extractor)
 

@@ -9,7 +9,9 @@ read goes through a :class:`rasterio.vrt.WarpedVRT` (bilinear for imagery) and o
 does not grow with the area.
 
 Bands are normalised per band to ``2 (x - p2) / (p98 - p2) - 1`` with the 2nd and 98th percentiles over the
-area (all dates of a series pooled), and the values used are returned for the provenance.
+area (all dates of a series pooled), and the values used are returned for the provenance; a model whose
+configuration carries its training statistics (the official checkpoints) gets ``(x / scale - mean) / std``
+instead, the same affine map with ``low = (mean - std) scale`` and ``high = (mean + std) scale``.
 """
 
 from __future__ import annotations
@@ -247,17 +249,32 @@ def hr_factor(hr: ModalityInputs, grid: GridSpec) -> int:
 
 @dataclass
 class Normalisation:
-    """Per-band (low, high) of one modality: x' = 2 (x - low) / (high - low) - 1."""
+    """Per-band (low, high) of one modality: x' = 2 (x - low) / (high - low) - 1. ``statistics``: the model's
+    own (mean, std, scale, source) when the map comes from them, else None (percentiles over the area)."""
 
     low: np.ndarray
     high: np.ndarray
+    statistics: dict[str, Any] | None = None
+
+    @classmethod
+    def from_statistics(cls, statistics: dict[str, Any]) -> Normalisation:
+        """(x / scale - mean) / std written as 2 (x - low) / (high - low) - 1."""
+        mean, std = np.asarray(statistics["mean"], np.float64), np.asarray(statistics["std"], np.float64)
+        scale = float(statistics.get("scale", 1.0))
+        return cls(((mean - std) * scale).astype(np.float32), ((mean + std) * scale).astype(np.float32),
+                   dict(statistics))
 
     def apply(self, x: np.ndarray) -> np.ndarray:
         low, high = self.low.reshape(-1, 1, 1), self.high.reshape(-1, 1, 1)  # x: (..., C, H, W)
         return (2.0 * (x - low) / np.maximum(high - low, 1e-6) - 1.0).astype(np.float32)
 
-    def to_json(self) -> dict[str, list[float]]:
-        return {"p2": [float(v) for v in self.low], "p98": [float(v) for v in self.high]}
+    def to_json(self) -> dict[str, Any]:
+        """``p2`` / ``p98``: the low and high of the map (what a trained head records and applies again);
+        with the model's statistics, those too."""
+        data: dict[str, Any] = {"p2": [float(v) for v in self.low], "p98": [float(v) for v in self.high]}
+        if self.statistics is not None:
+            data["statistics"] = self.statistics
+        return data
 
 
 @dataclass
@@ -331,7 +348,22 @@ class InputStack:
                 missing.append(name)
                 continue
             stack.normalisation = Normalisation(np.asarray(values["p2"], dtype=np.float32),
-                                                np.asarray(values["p98"], dtype=np.float32))
+                                                np.asarray(values["p98"], dtype=np.float32), values.get("statistics"))
+        return missing
+
+    def set_statistics(self, statistics: dict[str, dict[str, Any]], only: Sequence[str] | None = None) -> list[str]:
+        """Use a model's training statistics (per modality ``{"scale", "mean", "std"}``, see
+        :class:`~..models.skysense.config.EncoderConfig`) for the modalities in ``only`` that have them;
+        returns the modalities without (to be normalised by :meth:`compute_normalisation`)."""
+        missing = []
+        for name, stack in self.modalities.items():
+            if only is not None and name not in only:
+                continue
+            stats = statistics.get(name)
+            if not stats or len(stats["mean"]) != len(stack.inputs.bands):
+                missing.append(name)
+                continue
+            stack.normalisation = Normalisation.from_statistics(stats)
         return missing
 
     def tiles(self) -> list[Window]:

@@ -123,15 +123,17 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     class_dicts = [c.to_json() for c in local.classes]
     # The backbone loads last: every mistake in the labels is reported before a multi-gigabyte load.
     progress.update(0, 1, "loading the backbone")
-    backbone = BACKBONES.get(params["backbone"], device)  # kept loaded between jobs of the worker
-    extractor = DiffusionFeatureExtractor(backbone, timesteps=timesteps)
+    backbone = BACKBONES.get(params["backbone"], device,  # kept loaded between jobs of the worker
+                             unet_folder=params.get("unet_folder"))
+    extractor = DiffusionFeatureExtractor(backbone, timesteps=timesteps, inversion=params.get("inversion") or "reuse",
+                                          inversion_steps=params.get("inversion_steps"))
 
     cache = FeatureCache(params["cache_dir"], max_bytes=params["cache_max_mb"] * 1024**2)
     raster = raster_identity(params["image"])
     feature_config = {"backbone_sha256": backbone.sha256, "timesteps": list(extractor.timesteps),
                       "blocks": list(extractor.blocks), "levels": list(extractor.levels),
                       "bands": list(normalisation.bands), "band_low": list(normalisation.low),
-                      "band_high": list(normalisation.high)}
+                      "band_high": list(normalisation.high), "reading": extractor.describe()}
     keys = [tile_key(raster, s.window, feature_config) for s in samples]
     total = len(samples) + (folds.count + 1) * settings.epochs + 3
     computed = tile_features(samples, keys, cache, extractor, normalisation, progress, total)
@@ -147,7 +149,7 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                       "sha256": backbone.sha256},
             timesteps=list(extractor.timesteps), blocks=list(extractor.blocks), levels=list(extractor.levels),
             bands=list(normalisation.bands), band_low=list(normalisation.low), band_high=list(normalisation.high),
-            normalisation=NORMALISATION_NOTE, tile_px=tile_px,
+            normalisation=NORMALISATION_NOTE, tile_px=tile_px, features=extractor.describe(),
         )
 
     trained = cross_validate(tiles, folds, class_dicts, new_model, settings, device, bool(params["baseline"]),

@@ -135,3 +135,20 @@ def test_check_backend_shows_the_device_and_its_speed(plugin, qtbot) -> None:
     assert "torch" in dock.backendLabel.text()
     assert "GFLOP/s" in dock.backendLabel.text()
     assert "resnet18 forward" in dock.resultBrowser.toPlainText()
+
+
+def test_job_warnings_are_shown_above_the_result(plugin, iface, qtbot, tmp_path) -> None:
+    """What classify and prototypes say about prototypes never learned reaches the dock and the message bar."""
+    dock = plugin.dock
+    plugin.action.trigger()
+    warning = ("The prototypes of region 20 were never learned (no official file carries prototypes): the prototype "
+               "map uses their initial, random values. Learn them on this area first: the prototypes task with "
+               "'learn prototypes on the area'")
+    dock.show_result("prototypes", {"outputs": {}, "regions": [20], "warnings": [warning]})
+    text = dock.resultBrowser.toPlainText()
+    assert text.index("never learned") < text.index("Regions: 20")
+    dock.show_result("classify", {"outputs": {}, "warnings": [warning]})
+    assert "never learned" in dock.resultBrowser.toPlainText()
+    bar = iface.messageBar()
+    assert any("never learned" in item.text() for item in bar.items())
+    dock.grab().save(str(tmp_path / "dock-warnings.png"))

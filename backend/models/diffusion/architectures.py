@@ -2,10 +2,11 @@
 
 ``sd21-architecture`` is Stable Diffusion 2.1's UNet, VAE, OpenCLIP ViT-H text encoder and v-prediction
 schedule, with the configs of ``stabilityai/stable-diffusion-2-1`` written out below; DiffusionSat 256 and
-512 share it (their UNet adds only the unused metadata MLPs). ``terrafuse-tiny-architecture`` is the
-bundled backbone's shape. Random weights give the real cost (FLOPs, memory, time) and meaningless
-features: these are for benchmarks, never registered as backbones a user could train on. On the ``meta``
-device nothing is allocated, so counting the FLOPs of a 512 px tile takes a second on any machine.
+512 share it (their UNet adds only 7 small metadata MLPs, folded into a bias at load).
+``terrafuse-tiny-architecture`` is the bundled backbone's shape. Random weights give the real cost (FLOPs,
+memory, time) and meaningless features: these are for benchmarks, never registered as backbones a user could
+train on. On the ``meta`` device nothing is allocated, so counting the FLOPs of a 512 px tile takes a second
+on any machine.
 """
 
 from __future__ import annotations

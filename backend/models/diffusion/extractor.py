@@ -7,12 +7,22 @@ hooks: ResNet blocks (R_{t,s}), self-attention (A_{t,s}, ``attn1``) and optional
 (C_{t,s}, ``attn2``), at the 4 scales of the up blocks. Attention outputs (B, HW, C) are put back on
 their grid (B, C, H, W), as the paper does "to maintain consistency with the ResNet outputs".
 
-No UNet call is wasted: the features of timestep ``t_k`` come from inversion call ``k``, the UNet at
-timestep ``t_k`` on the latent ``z_(t_(k-1))`` (see :mod:`.inversion`), so K timesteps cost K calls. The
-last call's output is only needed to reach a latent that nothing reads, so with ``stop_early`` it stops
-as soon as the last hooked block has run: the rest of that block, the finer up blocks and ``conv_out``
-never run. How the calls run (autocast precision, channels_last, compiled blocks) is the
-:class:`~.fast_path.InferenceSettings` of the extractor.
+Two readings of "the features at timestep t" (``inversion``):
+
+- ``"reuse"`` (the default, fast): no UNet call is wasted: the features of timestep ``t_k`` come from
+  inversion call ``k``, the UNet at timestep ``t_k`` on the latent ``z_(t_(k-1))`` (see :mod:`.inversion`),
+  so K timesteps cost K calls. The last call's output is only needed to reach a latent that nothing reads,
+  so with ``stop_early`` it stops as soon as the last hooked block has run.
+- ``"paper"``: SatDiFuser's reading (Sec. 3.1: "employ DDIM inversion to trace a reverse noise path ... then
+  run the denoising diffusion model on these noisy latents"): DDIM inversion from the clean latent over
+  ``inversion_steps`` even steps up to ``t_K`` (the chosen timesteps are always among the steps, see
+  :func:`~.inversion.inversion_grid`) gives ``z_(t_k)``; the features of ``t_k`` come from one more UNet call
+  at ``t_k`` on ``z_(t_k)`` (stopped early). Cost: ``len(grid) + K`` UNet calls, at least 2K.
+
+DiffusionSat backbones are conditioned on metadata (``metadata``): ``"none"`` is DiffusionSat's own zeros
+(folded into the UNet at load, free); ``"tile"`` takes each tile's normalised metadata (B, 7) in
+``forward`` (see :mod:`.metadata`). How the calls run (autocast precision, channels_last, compiled blocks)
+is the :class:`~.fast_path.InferenceSettings` of the extractor.
 """
 
 from __future__ import annotations
@@ -30,7 +40,8 @@ from torch import Tensor
 from ...errors import UserError
 from .backbone import DiffusionBackbone
 from .fast_path import InferenceSettings, autocast_dtype, prepare_backbone
-from .inversion import check_timesteps, ddim_invert
+from .inversion import INVERSION_MODES, check_timesteps, ddim_invert, inversion_grid
+from .metadata import METADATA_MODES, metadata_conditioning
 
 log = logging.getLogger("terrafuse.models")
 
@@ -64,12 +75,26 @@ class DiffusionFeatureExtractor(torch.nn.Module):
     def __init__(self, backbone: DiffusionBackbone, timesteps: Sequence[int] = (1, 100, 200),
                  blocks: Sequence[str] = ("resnet", "attn1"), levels: Sequence[int] = (0, 1, 2, 3),
                  *, stop_early: bool = True, reuse_inversion_calls: bool = True,
-                 settings: InferenceSettings | None = None) -> None:
+                 settings: InferenceSettings | None = None, inversion: str = "reuse",
+                 inversion_steps: int | None = None, metadata: str = "none") -> None:
         super().__init__()
         self.backbone = backbone
         self.settings = settings or InferenceSettings()
         self.reuse_inversion_calls = reuse_inversion_calls
         self.timesteps = check_timesteps(timesteps, backbone.num_train_timesteps)
+        if inversion not in INVERSION_MODES:
+            raise UserError(f"The feature reading must be one of {', '.join(INVERSION_MODES)}; got {inversion!r}")
+        if metadata not in METADATA_MODES:
+            raise UserError(f"The metadata mode must be one of {', '.join(METADATA_MODES)}; got {metadata!r}")
+        if metadata == "tile" and backbone.metadata_embedding is None:
+            raise UserError(f"The backbone {backbone.name} has no metadata embedding (only DiffusionSat has one): "
+                            "use metadata 'none'")
+        self.inversion = inversion
+        self.metadata = metadata
+        paper = inversion == "paper"
+        self.inversion_steps_requested = int(inversion_steps) if paper and inversion_steps is not None else None
+        self.inversion_grid = inversion_grid(self.timesteps, inversion_steps) if paper else self.timesteps
+        self.inversion_steps = len(self.inversion_grid)
         unknown = sorted(set(blocks) - set(FEATURE_KINDS))
         if unknown or not blocks:
             raise UserError(f"Feature blocks must be among {', '.join(FEATURE_KINDS)}; got {list(blocks)}")
@@ -88,6 +113,20 @@ class DiffusionFeatureExtractor(torch.nn.Module):
              **{key: site[key] for key in ("kind", "level", "num_chs", "reduction", "module")}}
             for t in self.timesteps for site in self._sites
         ]
+
+    @property
+    def calls_per_batch(self) -> int:
+        """UNet calls per batch of images: K for "reuse", len(grid) + K for "paper" (2K for the
+        straightforward path without reuse)."""
+        if self.inversion == "paper" or not self.reuse_inversion_calls:
+            return self.inversion_steps + len(self.timesteps)
+        return len(self.timesteps)
+
+    def describe(self) -> dict[str, Any]:
+        """What a head's sidecar and an output's provenance record about how the features were read."""
+        return {"inversion": self.inversion, "inversion_steps": self.inversion_steps_requested,
+                "inversion_grid": list(self.inversion_grid), "unet_calls_per_batch": self.calls_per_batch,
+                "metadata": self.metadata, "unet_folder": self.backbone.unet_folder}
 
     @property
     def input_multiple_px(self) -> int:
@@ -188,7 +227,25 @@ class DiffusionFeatureExtractor(torch.nn.Module):
             images = F.pad(images, (0, pad_w, 0, pad_h), mode="replicate")
         return images
 
-    def forward(self, images: Tensor) -> list[Tensor]:
+    def _conditioning(self, metadata: Tensor | None, batch: int) -> Any:
+        """The metadata hook for this batch: the tile's metadata, or DiffusionSat's zeros when they were not
+        folded into the UNet; nothing otherwise."""
+        embedding = self.backbone.metadata_embedding
+        if self.metadata == "tile":
+            if metadata is None:
+                raise UserError("This feature extractor reads the tiles' metadata (metadata 'tile'), but none "
+                                "was given")
+            return metadata_conditioning(self.backbone.unet, embedding, metadata, self.backbone.metadata_zero_term)
+        if metadata is not None:
+            raise ValueError("metadata given to an extractor in metadata mode 'none'")
+        if embedding is not None and self.backbone.metadata_zero_term is None:
+            zeros = torch.zeros(batch, embedding.num_metadata)
+            return metadata_conditioning(self.backbone.unet, embedding, zeros, None)
+        return nullcontext()
+
+    def forward(self, images: Tensor, metadata: Tensor | None = None) -> list[Tensor]:
+        """Features of ``images``; ``metadata`` (B, 7), DiffusionSat's normalised values per image, only in
+        metadata mode "tile"."""
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"expected images of shape (B, 3, H, W), got {tuple(images.shape)}")
         height, width = images.shape[-2:]
@@ -205,7 +262,9 @@ class DiffusionFeatureExtractor(torch.nn.Module):
 
             def unet_call(sample: Tensor, timestep: int, record: bool) -> Tensor | None:
                 store.clear()
-                stop[0] = record and self.stop_early and len(per_call) == last_call
+                # A call whose output nothing reads stops once its blocks have run: the last one of the reuse
+                # path, and every feature call of the paper's reading.
+                stop[0] = record and self.stop_early and (self.inversion == "paper" or len(per_call) == last_call)
                 self.num_unet_calls += 1
                 t = torch.tensor(timestep, device=sample.device, dtype=torch.long)
                 try:
@@ -218,8 +277,15 @@ class DiffusionFeatureExtractor(torch.nn.Module):
                 store.clear()
                 return output
 
-            with self._hooks(store, tuple(latents.shape[-2:]), stop):
-                if self.reuse_inversion_calls:
+            with self._hooks(store, tuple(latents.shape[-2:]), stop), \
+                    self._conditioning(metadata, latents.shape[0]):
+                if self.inversion == "paper":  # z_(t_k) by DDIM inversion, then the UNet at t_k on it
+                    trajectory = ddim_invert(latents, self.inversion_grid, lambda z, t: unet_call(z, t, False),
+                                             self.backbone.alphas_cumprod, self.backbone.prediction_type)
+                    by_step = dict(zip(self.inversion_grid, trajectory))
+                    for t in self.timesteps:
+                        unet_call(by_step[t], t, True)
+                elif self.reuse_inversion_calls:
                     ddim_invert(latents, self.timesteps, lambda z, t: unet_call(z, t, True),
                                 self.backbone.alphas_cumprod, self.backbone.prediction_type)
                 else:  # the straightforward path: the inversion first, then one more call per timestep

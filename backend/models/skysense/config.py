@@ -27,6 +27,24 @@ S1_BANDS = ("VV", "VH")
 #: The high-resolution optical bands (the official checkpoint reads R, G, B).
 HR_BANDS = ("R", "G", "B")
 
+#: Input statistics of the official pipeline, per band, applied as (x / scale - mean) / std.
+#: High resolution: ImageNet's mean and std of 8-bit RGB (SkySense++'s ``modal_norm_dict['hr']``, the same group's
+#: public code; the SkySense repository itself was not readable here). Sentinel-2 (the 10 bands of S2_BANDS, L2A
+#: digital numbers) and Sentinel-1 (VV, VH backscatter in dB): SkySense++'s ``modal_norm_dict['s2']`` and
+#: ``['s1']``, a documented choice for SkySense's own S2 / S1 checkpoints, whose training statistics are not public.
+OFFICIAL_STATISTICS: dict[str, dict[str, Any]] = {
+    "hr": {"scale": 255.0, "mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225],
+           "source": "ImageNet mean and std (official SkySense pipeline)"},
+    "s2": {"scale": 1.0,
+           "mean": [884.29673756, 1144.16202635, 1297.47289228, 1624.90992062, 2194.6423161, 2422.21248945,
+                    2517.76053101, 2581.64687018, 2368.51236873, 1805.06846033],
+           "std": [1155.15170768, 1183.6292542, 1368.11351514, 1370.265037, 1355.55390699, 1416.51487101,
+                   1474.78900051, 1439.3086061, 1455.52084939, 1343.48379601],
+           "source": "SkySense++ public Sentinel-2 statistics (L2A digital numbers)"},
+    "s1": {"scale": 1.0, "mean": [-12.54847273, -20.19237134], "std": [5.25697717, 5.91150917],
+           "source": "SkySense++ public Sentinel-1 statistics (VV, VH in dB)"},
+}
+
 CONFIG_FORMAT = "terrafuse-skysense"
 CONFIG_FORMAT_VERSION = 1
 
@@ -40,6 +58,11 @@ class EncoderConfig:
     ``up_scale**2 * up_chs`` channels and a pixel shuffle); ``up_scale = 1`` leaves it out.
     ``extra_norm_blocks`` lists (stage, block) pairs of a SwinV2 that end with an extra LayerNorm, as the
     SwinV2-H of the official high-resolution checkpoint does every sixth block of its third stage.
+    ``date_encoding``: whether P_DTPE (eq. 2) is added to this modality's tokens; the official model adds its
+    calendar-time encoding to Sentinel-2 only (``use_ctpe`` on the S2 branch), Terrafuse's own models to every
+    dated modality. ``normalisation``: the input statistics the weights were trained with
+    (``{"scale", "mean", "std", "source"}``: x' = (x / scale - mean) / std per band); empty for Terrafuse's own
+    models, which normalise each band by its 2nd and 98th percentile over the area.
     """
 
     timm_name: str
@@ -49,6 +72,8 @@ class EncoderConfig:
     up_chs: int = 0
     extra_norm_blocks: list[list[int]] = field(default_factory=list)
     temporal: bool = True  # a time series (B, T, C, H, W); False: one image (B, C, H, W)
+    date_encoding: bool = True
+    normalisation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def in_chans(self) -> int:
@@ -74,6 +99,9 @@ class SkySenseConfig:
     normalisation: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: What the head's training recorded: inputs, labels, metrics, settings (empty without a trained head).
     training: dict[str, Any] = field(default_factory=dict)
+    #: The regions whose prototypes were learned (pretraining or learning on an area), sorted; None: not
+    #: recorded (models saved before Terrafuse recorded it). No official file carries prototypes.
+    prototype_regions: list[int] | None = None
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.encoders) - set(MODALITIES))
@@ -127,6 +155,18 @@ class SkySenseConfig:
         return config
 
 
+def official_conventions(config: SkySenseConfig) -> SkySenseConfig:
+    """``config`` as the official checkpoints were trained: P_DTPE on Sentinel-2 only, the official input
+    statistics per modality (:data:`OFFICIAL_STATISTICS`), and no learned prototypes (no file carries them)."""
+    for name, encoder in config.encoders.items():
+        encoder.date_encoding = name == "s2"
+        stats = OFFICIAL_STATISTICS.get(name)
+        if stats is not None and len(stats["mean"]) == len(encoder.bands):
+            encoder.normalisation = {k: (list(v) if isinstance(v, list) else v) for k, v in stats.items()}
+    config.prototype_regions = []
+    return config
+
+
 def _vit(name: str, bands: tuple[str, ...], **kwargs: Any) -> EncoderConfig:
     """A ViT encoder as the official checkpoints use it: no class token in the sequence, no final norm,
     any input size (the position embedding is resampled)."""
@@ -167,7 +207,7 @@ def paper_config() -> SkySenseConfig:
     swin_kwargs = {"embed_dim": 352, "depths": [2, 2, 18, 2], "num_heads": [8, 16, 32, 64], "window_size": 8,
                    "img_size": 512, "strict_img_size": False, "dynamic_img_size": True, "drop_path_rate": 0.0}
     vit_kwargs = {"patch_size": 4, "img_size": 16}
-    return SkySenseConfig(
+    return official_conventions(SkySenseConfig(
         name="skysense-paper",
         encoders={
             "hr": EncoderConfig(timm_name="swinv2_base_window8_256", bands=list(HR_BANDS), timm_kwargs=swin_kwargs,
@@ -178,7 +218,7 @@ def paper_config() -> SkySenseConfig:
         dim=1024, fusion_depth=24, fusion_heads=16, region_grid=(64, 64), prototypes_per_region=100,
         description="SkySense as in the paper (2 billion parameters with the prototypes); official weights "
                     "load through backend.models.skysense.convert",
-    )
+    ))
 
 
 CONFIGS = {"skysense-tiny": tiny_config, "skysense-paper": paper_config}

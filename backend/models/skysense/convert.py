@@ -36,7 +36,7 @@ import torch
 from torch import Tensor
 
 from ...errors import UserError
-from .config import SkySenseConfig, paper_config
+from .config import SkySenseConfig, official_conventions, paper_config
 from .model import SkySense
 
 Rule = tuple[str, str]  # (official key template, this implementation's key template)
@@ -261,8 +261,9 @@ def convert_official(checkpoints: Mapping[str, str | Path | Mapping[str, Tensor]
 
     ``checkpoints`` maps any of ``hr``, ``s2``, ``s1``, ``head_s2``, ``head_s1``, ``fusion`` to a ``.pth``
     path (or an already loaded state dict). The model has ``config`` (default: ``skysense-paper`` keeping
-    only the modalities given); weights no checkpoint provides (the prototypes, unconverted adapters) keep
-    their initial values and are listed in the report.
+    only the modalities given), set to the official conventions (P_DTPE on Sentinel-2 only, the official input
+    statistics, no learned prototype region: :func:`~.config.official_conventions`); weights no checkpoint
+    provides (the prototypes, unconverted adapters) keep their initial values and are listed in the report.
     """
     unknown = sorted(set(checkpoints) - set(LAYOUTS))
     if unknown:
@@ -271,6 +272,7 @@ def convert_official(checkpoints: Mapping[str, str | Path | Mapping[str, Tensor]
     if config is None:
         given = [m for m in ("hr", "s2", "s1") if m in states]
         config = paper_config().with_overrides(modalities=given or None)
+    config = official_conventions(config)
     model = SkySense(config)
     own = model.state_dict()
     report = ConversionReport()

@@ -48,7 +48,8 @@ class SkySense(nn.Module):
         })
         self.date_encoding = DayOfYearEncoding(config.dim)
         self.fusion = TemporalFusion(config.dim, config.fusion_depth, config.fusion_heads, config.fusion_mlp_ratio)
-        self.prototypes = PrototypeBank(config.num_regions, config.prototypes_per_region, config.dim)
+        self.prototypes = PrototypeBank(config.num_regions, config.prototypes_per_region, config.dim,
+                                        learned=config.prototype_regions)
         self.geo_context = GeoContextIntegration()
         self.regions = RegionGrid(*config.region_grid)
         self.head = PixelClassifier(2 * config.dim, config.num_classes) if config.classes else None
@@ -100,8 +101,8 @@ class SkySense(nn.Module):
             if x.ndim != 5:
                 raise UserError(f"The {m} input must be {'(B, T, C, H, W)' if temporal else '(B, C, H, W)'}, "
                                 f"got shape {tuple(x.shape)}")
-            doy = inputs.get(f"{m}_doy")
-            if doy is None and temporal:
+            doy = inputs.get(f"{m}_doy") if self.config.encoders[m].date_encoding else None
+            if doy is None and temporal and self.config.encoders[m].date_encoding:
                 raise UserError(f"The {m} series needs its acquisition dates ({m}_doy)")
             if doy is not None:
                 doy = torch.as_tensor(doy, device=x.device).reshape(x.shape[0], x.shape[1])
@@ -134,7 +135,7 @@ class SkySense(nn.Module):
         for m, (_, doy, valid) in modal.items():
             f = resize_to_grid(features[m].flatten(0, 1), grid_hw).unflatten(0, features[m].shape[:2])
             features[m] = f
-            if doy is not None:  # F_T^date = F_T + P_DTPE[:, t, :] (eq. 2)
+            if doy is not None:  # F_T^date = F_T + P_DTPE[:, t, :] (eq. 2), where the configuration adds it
                 f = f + self.date_encoding(doy)[..., None, None]
             tokens.append(f)
             padding.append(torch.zeros(f.shape[:2], dtype=torch.bool, device=f.device) if valid is None else ~valid)
@@ -179,6 +180,7 @@ class SkySense(nn.Module):
         partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
         shutil.rmtree(partial, ignore_errors=True)
         partial.mkdir(parents=True)
+        self.config.prototype_regions = self.prototypes.learned_regions
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
         (partial / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")

@@ -154,18 +154,50 @@ def pretrain(model: SkySense, batches: Iterable[dict[str, Any]], steps: int, pro
     return history
 
 
+#: EMA momentum of one pass of prototype learning on an area (eq. 13): after the default 5 passes the initial
+#: prototypes weigh 0.5^5 = 3 % of the result. (Pretraining updates at every step with its own momentum.)
+LEARN_MOMENTUM = 0.5
+#: Pixels per region that one pass assigns (a deterministic, evenly strided subset beyond that).
+MAX_PIXELS_PER_REGION = 65536
+
+
 @torch.no_grad()
-def learn_prototypes(model: SkySense, batches: Iterable[dict[str, Any]], epochs: int = 5, momentum: float = 0.9,
-                     progress: Progress | None = None) -> None:
+def learn_prototypes(model: SkySense, batches: Iterable[dict[str, Any]], epochs: int = 5,
+                     momentum: float = LEARN_MOMENTUM, progress: Progress | None = None, seed: int = 0) -> list[int]:
     """Geo-Context Prototype Learning alone (eq. 11-13) with the network frozen: the cheap way to fit the
-    prototypes to the user's area. Every batch's F_fus^mm updates the prototypes of its regions."""
+    prototypes to the user's area. Returns the regions learned.
+
+    F_fus^mm comes before the geo-context integration (eq. 3) and the network is frozen, so a tile's features
+    are the same in every pass: each tile runs once (in a shuffled, seeded order), its pixels are gathered per
+    region in the tiles' own order, and each of the ``epochs`` passes is one Sinkhorn assignment and one EMA
+    step (eq. 13, ``momentum`` per pass, see :data:`LEARN_MOMENTUM`) per region over all its pixels. The
+    result does not depend on the order of the tiles.
+    """
     batches = list(batches)
     model.eval()
-    total = epochs * len(batches)
+    order = torch.randperm(len(batches), generator=torch.Generator().manual_seed(seed)).tolist()
+    total = len(batches) + epochs
+    gathered: list[tuple[Tensor, Tensor] | None] = [None] * len(batches)
+    for step, index in enumerate(order):
+        out = model(batches[index])
+        gathered[index] = (out["fused"].flatten(2).transpose(1, 2).cpu(), out["region"].cpu())  # (B, hw, d), (B,)
+        if progress is not None:
+            progress.update(step + 1, total, f"prototype learning: tile {step + 1} of {len(batches)}")
+    by_region: dict[int, list[Tensor]] = {}
+    for pixels, region in (g for g in gathered if g is not None):
+        for r in torch.unique(region).tolist():
+            by_region.setdefault(int(r), []).append(pixels[region == r].flatten(0, 1))
+    device = model.prototypes.prototypes.device
+    features = {}
+    for r, parts in by_region.items():
+        values = torch.cat(parts)
+        if values.shape[0] > MAX_PIXELS_PER_REGION:
+            values = values[torch.linspace(0, values.shape[0] - 1, MAX_PIXELS_PER_REGION).round().long()]
+        features[r] = values.to(device)
     for epoch in range(epochs):
-        for index, batch in enumerate(batches):
-            out = model(batch)
-            update_prototypes(model, out["fused"], out["region"], momentum)
-            if progress is not None:
-                done = epoch * len(batches) + index + 1
-                progress.update(done, total, f"prototype learning {done} of {total}")
+        for r in sorted(features):
+            model.prototypes.update(features[r], r, momentum)
+        if progress is not None:
+            done = len(batches) + epoch + 1
+            progress.update(done, total, f"prototype learning: pass {epoch + 1} of {epochs}")
+    return sorted(features)

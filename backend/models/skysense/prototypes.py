@@ -21,12 +21,27 @@ def cosine_similarity_matrix(features: Tensor, prototypes: Tensor) -> Tensor:
 
 
 class PrototypeBank(nn.Module):
-    """P in R^{N_R x N_p x d}; :meth:`select` gives each sample its region's subset P_r."""
+    """P in R^{N_R x N_p x d}; :meth:`select` gives each sample its region's subset P_r.
 
-    def __init__(self, num_regions: int, per_region: int, dim: int) -> None:
+    ``learned`` are the regions whose prototypes were learned (None: not recorded); :meth:`update` adds its
+    region, and the model's configuration saves them (``prototype_regions``).
+    """
+
+    def __init__(self, num_regions: int, per_region: int, dim: int, learned: list[int] | None = None) -> None:
         super().__init__()
         prototypes = F.normalize(torch.randn(num_regions, per_region, dim), dim=-1)
         self.register_buffer("prototypes", prototypes)
+        self.learned: set[int] | None = None if learned is None else {int(r) for r in learned}
+
+    @property
+    def learned_regions(self) -> list[int] | None:
+        return None if self.learned is None else sorted(self.learned)
+
+    def unlearned(self, regions: list[int]) -> list[int]:
+        """Those of ``regions`` whose prototypes were never learned (empty when nothing is recorded)."""
+        if self.learned is None:
+            return []
+        return sorted({int(r) for r in regions} - self.learned)
 
     @property
     def num_regions(self) -> int:
@@ -61,6 +76,7 @@ class PrototypeBank(nn.Module):
         weights = assignment / assignment.sum(dim=0, keepdim=True).clamp_min(1e-12)
         target = weights.transpose(0, 1) @ features
         self.prototypes[region] = momentum * current + (1.0 - momentum) * target
+        self.learned = (self.learned or set()) | {int(region)}
         return assignment
 
 

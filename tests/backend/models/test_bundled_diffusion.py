@@ -32,7 +32,8 @@ def test_the_bundled_backbone_is_the_default_everywhere():
 
 def test_every_diffusion_model_of_the_catalogue_is_a_backbone_name():
     diffusion = [name for name, entry in CATALOGUE.items() if entry.role == "diffusion"]
-    assert diffusion == ["terrafuse-tiny", "diffusionsat-512", "diffusionsat-256", "sd-2.1"]
+    assert diffusion == ["terrafuse-tiny", "diffusionsat-512", "diffusionsat-256", "sd-2.1", "diffusionsat-512-hub",
+                         "diffusionsat-256-hub"]
     assert set(diffusion) <= set(BACKBONES)
     assert BACKBONES["sd-2.1"].source == CATALOGUE["sd-2.1"].source
 

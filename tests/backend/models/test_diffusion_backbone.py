@@ -75,23 +75,27 @@ def test_a_shipped_prompt_embedding_is_used(tiny_backbone_dirs, tmp_path):
     torch.testing.assert_close(backbone.prompt_embedding, embedding)
 
 
-def test_diffusionsat_layout_loads_and_reports_the_metadata_weights(tiny_backbone_dirs, tiny_backbone, caplog):
+def test_diffusionsat_layout_loads_its_metadata_embedding_folded(tiny_backbone_dirs, tiny_backbone, caplog):
     folder = tiny_backbone_dirs["diffusionsat"]
     assert not (folder / "unet").exists()
     assert (folder / "checkpoint-150000" / "unet").is_dir()
     with caplog.at_level(logging.INFO, logger="terrafuse.models"):
         backbone = load_backbone(folder)
-    assert len(backbone.ignored_unet_keys) == 7 * 4
-    assert all(key.startswith("metadata_embedding.") for key in backbone.ignored_unet_keys)
-    assert "left out 28 weights" in caplog.text
-    assert "metadata_embedding" in caplog.text
-    assert not hasattr(backbone.unet, "metadata_embedding")
-    # Same seed, same UNet weights as the plain tiny backbone: the metadata MLPs change no feature.
+    assert backbone.ignored_unet_keys == ()
+    assert backbone.metadata_embedding is not None
+    assert backbone.metadata_embedding.num_metadata == 7
+    assert backbone.metadata_zero_term is not None
+    assert "zeros) is folded into the time embedding" in caplog.text
+    assert backbone.provenance()["unet_folder"] == "checkpoint-150000/unet"
+    assert "zeros folded" in backbone.provenance()["metadata_embedding"]
+    # Same seed, same UNet weights as the plain tiny backbone: only the time embedding's bias differs, by c0.
+    bias = backbone.unet.time_embedding.linear_2.bias
+    plain_bias = tiny_backbone.unet.time_embedding.linear_2.bias
+    torch.testing.assert_close(bias - plain_bias, backbone.metadata_zero_term)
     images = torch.rand(1, 3, 64, 64) * 2 - 1
     ours = DiffusionFeatureExtractor(backbone, timesteps=(1, 100))(images)
     plain = DiffusionFeatureExtractor(tiny_backbone, timesteps=(1, 100))(images)
-    for a, b in zip(ours, plain):
-        torch.testing.assert_close(a, b)
+    assert any(not torch.allclose(a, b) for a, b in zip(ours, plain))  # the metadata term changes the features
 
 
 def test_the_hash_is_recorded_and_follows_the_weights(tiny_backbone_dirs, tmp_path, monkeypatch):

@@ -14,6 +14,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from backend.errors import UserError
 from backend.models.skysense import SkySense
+from backend.models.skysense.config import official_conventions
 from backend.models.skysense.convert import (
     LAYOUTS,
     convert_official,
@@ -35,7 +36,7 @@ FILES = {"hr": "skysense_model_backbone_hr.pth", "s2": "skysense_model_backbone_
 @pytest.fixture(scope="module")
 def source() -> SkySense:
     torch.manual_seed(0)
-    model = SkySense(paper_layout_config()).eval()
+    model = SkySense(official_conventions(paper_layout_config())).eval()
     with torch.no_grad():  # one projection for all modalities, as the official fusion's porj_linear
         for m in ("s2", "s1"):
             model.adapters[m].proj.load_state_dict(model.adapters["hr"].proj.state_dict())
