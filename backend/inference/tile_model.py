@@ -76,8 +76,8 @@ def load_segmenter(model_dir: str, backbone_source: str | None, device: torch.de
                    unet_folder: str | None = None) -> tuple[torch.nn.Module, dict[str, Any], str]:
     """The head with its backbone attached (the backbone from the process's cache) and run with
     ``settings`` (precision, compile), the backbone's provenance (with how the head reads its features) and
-    the head's sha256. The UNet folder is ``unet_folder``, else the one the head recorded, else the default
-    choice; the backbone's sha256 check refuses a UNet the head was not trained on."""
+    the head's sha256. The UNet folder is ``unet_folder``, else the one the head recorded (for the head's own
+    backbone), else the default choice; the backbone's sha256 check refuses a UNet the head was not trained on."""
     from ..hub.checksums import file_sha256
     from ..models.cache import BACKBONES
     from ..models.segmenter import HEAD_WEIGHTS_NAME, SatDiFuser, read_config
@@ -86,7 +86,8 @@ def load_segmenter(model_dir: str, backbone_source: str | None, device: torch.de
     source = backbone_source or config.backbone.get("source") or config.backbone.get("name")
     if not source:
         raise UserError(f"The head {model_dir} records no backbone; pass one with --backbone")
-    unet_folder = unet_folder or config.features.get("unet_folder")
+    if not backbone_source:  # the recorded folder belongs to the recorded backbone; another one is read as usual
+        unet_folder = unet_folder or config.features.get("unet_folder")
     try:
         backbone = BACKBONES.get(source, device, unet_folder=unet_folder)
     except UserError as exc:
