@@ -8,9 +8,9 @@ from typing import Any, Optional
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
 
 from .processing.provider import ICON_PATH, TerrafuseProvider
+from .qt_compat import QAction
 from .settings import PluginSettings
 from .tasks import LOG_TAG
 from .worker_client import WorkerClient
@@ -19,7 +19,8 @@ MENU = "&Terrafuse"
 
 
 def _log_worker_line(line: str) -> None:
-    level = Qgis.Critical if (" ERROR " in line or line.startswith("Traceback")) else Qgis.Info
+    failed = " ERROR " in line or line.startswith("Traceback")
+    level = Qgis.MessageLevel.Critical if failed else Qgis.MessageLevel.Info
     QgsMessageLog.logMessage(line, LOG_TAG, level)
 
 
@@ -60,7 +61,7 @@ class TerrafusePlugin:
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.dock = TerrafuseDock(self.iface, self.client, self.settings, self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
         self.action.toggled.connect(self.dock.setVisible)
         self.dock.visibilityChanged.connect(self.action.setChecked)

@@ -54,7 +54,7 @@ def manager(plugin, qtbot, tmp_path):
     """The dialog opened from the dock's Models button, with its folder set to a fresh one."""
     dock = plugin.dock
     plugin.action.trigger()
-    qtbot.mouseClick(dock.modelsButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.modelsButton, Qt.MouseButton.LeftButton)
     dialog = dock.model_manager
     assert dialog is not None
     assert dialog.isVisible()
@@ -101,7 +101,7 @@ def test_download_shows_the_record_first_then_installs_and_verifies(manager, qtb
 
     def answer(parent, title, text, *args):
         asked.append(text)
-        return QMessageBox.Yes
+        return QMessageBox.StandardButton.Yes
 
     monkeypatch.setattr(QMessageBox, "question", answer)
     with StandInFileServer({"DiffusionSat_512.zip": data}, records={"13751498": ["DiffusionSat_512.zip"]},
@@ -113,7 +113,7 @@ def test_download_shows_the_record_first_then_installs_and_verifies(manager, qtb
         dialog.progressBar.valueChanged.connect(progress.append)
         with qtbot.waitSignal(dialog.actionDone, timeout=JOB_TIMEOUT_MS,
                               check_params_cb=lambda action, outcome: action == "download") as done:
-            qtbot.mouseClick(dialog.downloadButton, Qt.LeftButton)
+            qtbot.mouseClick(dialog.downloadButton, Qt.MouseButton.LeftButton)
     assert done.args[1]["status"] == "ok", done.args
     # Before anything was fetched the user saw the source, the size of the record and its licence.
     assert len(asked) == 1
@@ -129,7 +129,7 @@ def test_download_shows_the_record_first_then_installs_and_verifies(manager, qtb
     assert dialog.progressBar.value() == 100
 
     with qtbot.waitSignal(dialog.actionDone, timeout=JOB_TIMEOUT_MS) as verified:
-        qtbot.mouseClick(dialog.verifyButton, Qt.LeftButton)
+        qtbot.mouseClick(dialog.verifyButton, Qt.MouseButton.LeftButton)
     assert verified.args[1]["status"] == "ok"
     assert verified.args[1]["result"]["verified"]
     assert "verified" in dialog.statusLabel.text()
@@ -138,18 +138,18 @@ def test_download_shows_the_record_first_then_installs_and_verifies(manager, qtb
 def test_a_download_is_cancelled_in_the_middle(manager, qtbot, monkeypatch):
     dialog, folder = manager
     payload = bytes(range(256)) * (4 * 4096)  # 4 MB, sent in 32 kB pieces every 50 ms
-    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.Yes)
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.Yes)
     with SlowFileServer({"d256.zip": payload}, records={"13756199": ["d256.zip"]}) as server:
         dialog.client.set_env("TERRAFUSE_ZENODO_URL", server.endpoint)
         dialog.select("diffusionsat-256")
         with qtbot.waitSignal(dialog.actionDone, timeout=JOB_TIMEOUT_MS,
                               check_params_cb=lambda action, outcome: action == "download") as done:
-            qtbot.mouseClick(dialog.downloadButton, Qt.LeftButton)
+            qtbot.mouseClick(dialog.downloadButton, Qt.MouseButton.LeftButton)
             qtbot.waitUntil(lambda: dialog.task is not None and dialog.task.job == "models"
                             and dialog.task.params.get("action") == "download"
                             and 0 < dialog.progressBar.value() < 100, timeout=JOB_TIMEOUT_MS)
             assert dialog.cancelButton.isEnabled()
-            qtbot.mouseClick(dialog.cancelButton, Qt.LeftButton)
+            qtbot.mouseClick(dialog.cancelButton, Qt.MouseButton.LeftButton)
     assert done.args[1]["status"] == "cancelled", done.args
     assert "cancelled" in dialog.statusLabel.text()
     assert not (folder / "diffusionsat_256.zip").exists()  # only a partial file, kept for a resume
