@@ -315,6 +315,8 @@ register(
             Param("path", "file", "import: the folder or zip archive to import", None),
             Param("folder", "output_folder", "download: folder the files go to (default: the models folder)", None),
             Param("offline", "bool", "Never use the network", False),
+            Param("unverified", "bool", "download: accept a model whose catalogue entry pins no checksum (the "
+                  "install is recorded as unverified)", False),
         ),
         group="Models",
     )

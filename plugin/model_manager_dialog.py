@@ -240,13 +240,20 @@ class ModelManagerDialog(QDialog):
             if ask and not self._agree_to_download(result):
                 self._show_status(f"{name}: download not started")
                 return
-            self._run("download", {"name": name}, f"Downloading {name}", self._after_change)
+            params: Dict[str, Any] = {"name": name}
+            if ask and not result.get("pinned", True):
+                params["unverified"] = True  # the user read the warning and agreed
+            self._run("download", params, f"Downloading {name}", self._after_change)
 
         return self._run("info", {"name": name}, f"Reading the record of {name}", after_info)
 
     def _agree_to_download(self, model: Dict[str, Any]) -> bool:
-        text = (f"{details_html(model)}<p>Download into <b>{html.escape(self.settings.models_dir)}</b>? "
-                "An interrupted download resumes where it stopped.</p>")
+        warning = ("" if model.get("pinned", True) else
+                   "<p><b>Unverified:</b> Terrafuse's catalogue pins no checksum for this model, so nothing can "
+                   "prove the file is the one its authors published. Download it only if you trust the source; "
+                   "its record will say unverified.</p>")
+        text = (f"{details_html(model)}{warning}<p>Download into <b>{html.escape(self.settings.models_dir)}</b>? "
+                "An interrupted download resumes where it stopped and is verified as a whole.</p>")
         buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
         answer = QMessageBox.question(self, "Download a model", text, buttons, QMessageBox.StandardButton.No)
         return answer == QMessageBox.StandardButton.Yes

