@@ -250,7 +250,8 @@ register(
             Param("preview_aoi", "vector", "Area of the preview (polygons, any CRS); default: around the labels",
                   None),
             Param("preview_out", "output_folder", "Folder of the preview's outputs (default: <out>/preview)", None),
-            Param("cache_dir", "str", "Folder of the feature cache (default: <Terrafuse cache>/features)", None),
+            Param("cache_dir", "str", "Folder the feature cache keeps its own subfolder in (terrafuse-features; "
+                  "nothing else there is touched; default: the Terrafuse cache)", None),
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),
             Param("seed", "int", "Random seed (hold-out, initialisation, batches)", 0),
@@ -405,7 +406,8 @@ register(
             Param("validation_fraction", "float", "Share of each class's labels (in spatial blocks) held out for "
                   "validation", 0.2),
             Param("baseline", "bool", "Also score a per-pixel random forest on every band of every date", True),
-            Param("cache_dir", "str", "Folder of the feature cache (default: <Terrafuse cache>/features)", None),
+            Param("cache_dir", "str", "Folder the feature cache keeps its own subfolder in (terrafuse-features; "
+                  "nothing else there is touched; default: the Terrafuse cache)", None),
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),
         ),

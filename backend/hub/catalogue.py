@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import write_text
 from .paths import models_dir
 
 log = logging.getLogger("terrafuse.hub")
@@ -189,13 +189,9 @@ def read_manifest(root: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def record_installed(name: str, record: dict[str, Any], root: Path | None = None) -> None:
     """Add or replace ``name`` in the manifest (written to a temporary file, then renamed)."""
-    path = manifest_path(root)
     data = read_manifest(root)
     data[name] = record
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(manifest_path(root), json.dumps(data, indent=1, sort_keys=True))
 
 
 def installed_location(name: str, root: Path | None = None) -> Path | None:
