@@ -206,7 +206,8 @@ class ModelManagerDialog(QDialog):
         running = self.task is not None
         kind = model["kind"] if model else ""
         self.infoButton.setEnabled(not running and model is not None)
-        self.downloadButton.setEnabled(not running and kind in ("zip", "hub"))
+        missing = bool(model and model.get("missing_files"))  # a bundled model whose weights the zip left out
+        self.downloadButton.setEnabled(not running and (kind in ("zip", "hub") or missing))
         self.verifyButton.setEnabled(not running and bool(model and model.get("installed")))
         self.importButton.setEnabled(not running and kind in ("zip", "hub", "manual"))
         self.refreshButton.setEnabled(not running)

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -56,10 +57,16 @@ class ModelEntry:
     size_b: int | None = None  # zip: the archive's size in bytes, as published
     revision: str | None = None  # hub: the commit (40 hex digits) whose files are fetched
     hosts: tuple[str, ...] = ()  # where the download and its redirects may lead (https only)
+    # bundled: files the plugin zip leaves out (plugins.qgis.org takes 20 MB), as (path, sha256, size_b); the
+    # model manager fetches them from the project's release assets (release_url) on first use.
+    release_files: tuple[tuple[str, str, int], ...] = ()
 
     @property
     def pinned(self) -> bool:
-        """Whether a download can be verified: a checksum (zip) or a commit (hub) is pinned."""
+        """Whether a download can be verified: a checksum (zip), a commit (hub), each release file's sha256
+        (bundled; a bundled model without release files has nothing to download)."""
+        if self.kind == "bundled":
+            return all(sha256 for _, sha256, _ in self.release_files)
         return bool(self.sha256 or self.md5) if self.kind != "hub" else bool(self.revision)
 
     def __post_init__(self) -> None:
@@ -97,6 +104,10 @@ def register_model(entry: ModelEntry) -> ModelEntry:
 #: Where Zenodo serves records and files; the hub's own host and the hosts its large files redirect to.
 ZENODO_HOSTS = ("zenodo.org",)
 HUB_HOSTS = ("huggingface.co", ".huggingface.co", ".hf.co")
+#: The project's release assets: github.com redirects a download to its asset storage.
+RELEASE_URL = "https://github.com/terrafuse/terrafuse/releases/download"
+RELEASE_URL_ENV = "TERRAFUSE_RELEASE_URL"  # a stand-in server in the tests
+GITHUB_HOSTS = ("github.com", ".githubusercontent.com")
 
 # The files of a diffusers repository a backbone needs (the same as the registry fetches): fp32 safetensors.
 _SD_PATTERNS = (
@@ -108,7 +119,15 @@ register_model(ModelEntry(
     name="terrafuse-tiny", title="Terrafuse tiny diffusion (bundled, demo-grade)", kind="bundled",
     source="terrafuse-tiny-diffusion", homepage="resources/models/terrafuse-tiny-diffusion/README.md",
     licence="Terrafuse's licence; trained on CC0, MIT and Apache-2.0 imagery (see its model card)",
-    notes="Ships with the plugin and works offline; far below DiffusionSat: for trying the flows.",
+    hosts=GITHUB_HOSTS, release_files=(
+        ("unet/diffusion_pytorch_model.safetensors",
+         "33b8ca8edc7ffbc2b6a92a7b1d9d7351f00a437270cc0e192419ffd30fa1b0fc", 18891904),
+        ("vae/diffusion_pytorch_model.safetensors",
+         "254c18b3ec8cee5aa0ed2b6f2c6107529e16aa68e6eb25288698c0bcb95567cf", 3932028),
+    ),
+    notes=("Ships with the plugin and works offline; far below DiffusionSat: for trying the flows. Its weights "
+           "(23 MB) are in a checkout; a plugin installed from plugins.qgis.org downloads them once, verified, "
+           "from the project's release."),
 ))
 register_model(ModelEntry(
     name="terrafuse-tiny-skysense", title="Terrafuse tiny SkySense (bundled, demo-grade)", kind="bundled",
@@ -165,8 +184,45 @@ def get_entry(name: str) -> ModelEntry:
         raise UserError(f"No model {name!r} in the catalogue; known: {', '.join(CATALOGUE)}") from None
 
 
-def bundled_folder(entry: ModelEntry) -> Path:
-    return BUNDLED_MODELS_DIR / entry.source
+def release_url(entry: ModelEntry, relpath: str) -> str:
+    """Where the release asset of ``entry``'s file ``relpath`` lies (one asset per file, named by the path)."""
+    from .. import __version__
+
+    base = os.environ.get(RELEASE_URL_ENV, RELEASE_URL).rstrip("/")
+    return f"{base}/v{__version__}/{entry.source}--{relpath.replace('/', '--')}"
+
+
+def release_hosts(entry: ModelEntry) -> tuple[str, ...]:
+    if os.environ.get(RELEASE_URL_ENV):
+        from .download import url_host
+
+        return (url_host(os.environ[RELEASE_URL_ENV]),)
+    return entry.hosts
+
+
+def _complete(folder: Path, entry: ModelEntry) -> bool:
+    return all((folder / relpath).is_file() for relpath, _, _ in entry.release_files)
+
+
+def fetched_bundled_folder(entry: ModelEntry, root: Path | None = None) -> Path:
+    """Where the model manager completes a bundled model whose weights the plugin zip left out."""
+    return (root or models_dir()) / "bundled" / entry.source
+
+
+def bundled_folder(entry: ModelEntry, root: Path | None = None) -> Path:
+    """The bundled model's folder: the plugin's own when it holds every file (a checkout), else the copy the
+    model manager completed in the models folder, else the plugin's (incomplete: see :func:`missing_files`)."""
+    own = BUNDLED_MODELS_DIR / entry.source
+    if _complete(own, entry):
+        return own
+    fetched = fetched_bundled_folder(entry, root)
+    return fetched if _complete(fetched, entry) else own
+
+
+def missing_files(entry: ModelEntry, root: Path | None = None) -> list[str]:
+    """The release files of a bundled model that are neither in the plugin nor fetched yet."""
+    folder = bundled_folder(entry, root)
+    return [relpath for relpath, _, _ in entry.release_files if not (folder / relpath).is_file()]
 
 
 # The manifest of installed models ------------------------------------------------------------------------

@@ -13,19 +13,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..progress import Progress
 from .catalogue import (
+    BUNDLED_MODELS_DIR,
     CATALOGUE,
     ModelEntry,
     bundled_folder,
+    fetched_bundled_folder,
     get_entry,
     installed_location,
+    missing_files,
     read_manifest,
     record_installed,
+    release_hosts,
+    release_url,
 )
 from .download import Checksums, download_file
 from .paths import models_dir
@@ -110,9 +116,9 @@ def _hub_cache(entry: ModelEntry) -> Path | None:
 def locate(entry: ModelEntry, root: Path) -> Path | None:
     """Where ``entry`` is installed: bundled folder, manifest record, archive in the models folder, hub cache."""
     if entry.kind == "bundled":
-        folder = bundled_folder(entry)
+        folder = bundled_folder(entry, root)
         marker = folder / ("config.json" if entry.role == "skysense" else "unet")
-        return folder if marker.exists() else None
+        return folder if marker.exists() and not missing_files(entry, root) else None
     found = installed_location(entry.name, root)
     if found is not None:
         return found
@@ -130,6 +136,9 @@ def describe(entry: ModelEntry, root: Path) -> dict[str, Any]:
     data.update({"installed": path is not None, "path": str(path) if path else None,
                  "source_kind": entry.kind,
                  "size_mb": _size_mb(path) if path is not None and entry.kind != "hub" else entry.size_mb})
+    if entry.kind == "bundled" and path is None:
+        data["missing_files"] = missing_files(entry, root)
+        data["size_mb"] = round(sum(size for _, _, size in entry.release_files) / 1e6, 1)
     record = read_manifest(root).get(entry.name) or {}
     for key in ("sha256", "md5", "installed_by"):
         if record.get(key):
@@ -158,7 +167,9 @@ def action_info(entry: ModelEntry, root: Path, offline: bool) -> dict[str, Any]:
 def action_download(entry: ModelEntry, root: Path, target_dir: Path, progress: Progress,
                     offline: bool, unverified: bool = False) -> dict[str, Any]:
     if entry.kind == "bundled":
-        return {**describe(entry, root), "message": f"{entry.name} ships with Terrafuse: nothing to download"}
+        if not missing_files(entry, root):
+            return {**describe(entry, root), "message": f"{entry.name} ships with Terrafuse: nothing to download"}
+        return _download_bundled(entry, root, progress, offline)
     if entry.kind == "manual":
         raise UserError(f"{entry.title} cannot be downloaded by Terrafuse: {entry.notes} (source: {entry.url})")
     if _offline(offline):
@@ -171,6 +182,46 @@ def action_download(entry: ModelEntry, root: Path, target_dir: Path, progress: P
     if entry.kind == "zip":
         return _download_zip(entry, root, target_dir, progress, unverified)
     return _download_hub(entry, root, target_dir, progress, unverified)
+
+
+def _download_bundled(entry: ModelEntry, root: Path, progress: Progress, offline: bool) -> dict[str, Any]:
+    """Complete a bundled model whose weights the plugin zip left out: the plugin's small files plus the
+    weights from the project's release assets, each verified against the sha256 the catalogue pins, put in
+    place as one folder."""
+    from ..atomic_files import write_folder
+
+    missing = missing_files(entry, root)
+    size_mb = round(sum(size for path, _, size in entry.release_files if path in missing) / 1e6, 1)
+    if _offline(offline):
+        raise UserError(f"Offline: the weights of the bundled model {entry.name} ({size_mb} MB) are not in this "
+                        "installation (the plugin package leaves them out) and cannot be downloaded now. Connect "
+                        f"once and download {entry.name} in the model manager, or use a checkout of Terrafuse")
+    own = BUNDLED_MODELS_DIR / entry.source
+    target_dir = fetched_bundled_folder(entry, root)
+    downloads = target_dir.parent / f".{entry.source}.downloads"
+
+    def fill(folder: Path) -> None:
+        shutil.copytree(own, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("terrafuse_*"))
+        for i, (relpath, sha256, size_b) in enumerate(entry.release_files):
+            done = folder / relpath
+            if done.is_file() and _sha256(done) == sha256:
+                continue
+            progress.update(i, len(entry.release_files), f"downloading {entry.name}: {relpath}")
+            # Kept beside the target between runs, so that an interrupted download resumes.
+            part_target = downloads / relpath.replace("/", "--")
+            download_file(release_url(entry, relpath), part_target, checksums=Checksums(sha256=sha256),
+                          size_b=size_b, progress=progress, label=f"{entry.name} {relpath}",
+                          hosts=release_hosts(entry))
+            done.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part_target, done)
+
+    write_folder(target_dir, fill)
+    shutil.rmtree(downloads, ignore_errors=True)
+    problems = missing_files(entry, root)
+    if problems:
+        raise UserError(f"{entry.name} is still incomplete after the download: {', '.join(problems)}")
+    return {**describe(entry, root), "message": f"downloaded and verified the weights of {entry.name} "
+            f"({size_mb} MB)", "path": str(target_dir)}
 
 
 def _verified_against(entry: ModelEntry) -> list[str]:

@@ -14,7 +14,7 @@ import torch
 
 from ...errors import UserError
 from ...hub.archives import extract_zip
-from ...hub.catalogue import BUNDLED_MODELS_DIR, CATALOGUE, installed_location
+from ...hub.catalogue import BUNDLED_MODELS_DIR, CATALOGUE, bundled_folder, installed_location, missing_files
 from ...hub.huggingface import fetch_snapshot, looks_like_repo_id
 from ...hub.paths import models_dir
 from .backbone import DiffusionBackbone, load_backbone_folder
@@ -138,9 +138,20 @@ def fetch_backbone_files(config: BackboneConfig, *, offline: bool | None = None)
         return extract_zip(installed), True
     if installed is not None:
         return installed, "huggingface" not in installed.parts and "snapshots" not in installed.parts
+    if config.source_kind == "folder" and config is BACKBONES.get(BUNDLED_NAME):
+        entry = CATALOGUE[BUNDLED_NAME]
+        missing = missing_files(entry)
+        if missing:
+            size_mb = sum(size for _, _, size in entry.release_files) / 1e6
+            raise UserError(f"The bundled backbone {BUNDLED_NAME} is not downloaded yet: the plugin package leaves "
+                            f"its {size_mb:.0f} MB of weights out. Open Terrafuse's Models… and download "
+                            f"{BUNDLED_NAME} (or 'python -m backend models download --name {BUNDLED_NAME}'); it is "
+                            "verified and then works offline")
+        folder = bundled_folder(entry)
+        # The plugin's own copy is read-only when installed: its hash record goes to the cache.
+        return folder, BUNDLED_MODELS_DIR not in folder.resolve().parents
     if config.source_kind == "folder":
         folder = Path(config.source).expanduser()
-        # The bundled folder ships with the plugin (read-only when installed): its hash record goes to the cache.
         return folder, BUNDLED_MODELS_DIR not in folder.resolve().parents
     if config.source_kind == "zip":
         return extract_zip(_zip_path(config)), True
