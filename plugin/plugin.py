@@ -9,6 +9,7 @@ from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
 
+from .first_use import BundledWeightsOffer
 from .processing.provider import ICON_PATH, TerrafuseProvider
 from .qt_compat import QAction
 from .settings import PluginSettings
@@ -33,6 +34,7 @@ class TerrafusePlugin:
         self.action: Optional[QAction] = None
         self.dock = None
         self.provider: Optional[TerrafuseProvider] = None
+        self.first_use: Optional[BundledWeightsOffer] = None
         self._client: Optional[WorkerClient] = None
         self._client_lock = threading.Lock()
 
@@ -65,8 +67,15 @@ class TerrafusePlugin:
         self.dock.hide()
         self.action.toggled.connect(self.dock.setVisible)
         self.dock.visibilityChanged.connect(self.action.setChecked)
+        # A plugin installed from the zip lacks the bundled weights: offered when the dock first opens.
+        self.first_use = BundledWeightsOffer(self.iface, lambda: self.settings.models_dir,
+                                             lambda: self.dock.show_model_manager())
+        self.action.toggled.connect(lambda shown: shown and self.first_use.check())
 
     def unload(self) -> None:
+        if self.first_use is not None:
+            self.first_use.close()
+            self.first_use = None
         if self.dock is not None:
             self.dock.cleanup()
             self.iface.removeDockWidget(self.dock)

@@ -10,8 +10,9 @@ import zipfile
 from pathlib import Path
 
 import pytest
+from qgis.core import QgsSettings
 from qgis.PyQt.QtCore import Qt
-from qgis.PyQt.QtWidgets import QMessageBox
+from qgis.PyQt.QtWidgets import QMessageBox, QPushButton
 
 from scripts.package import PLUGIN_NAME, build, version, write_assets
 from tests.backend.hub.stand_in_files import StandInFileServer
@@ -26,6 +27,8 @@ def zipped_plugin(iface, tmp_path):
     plugins = tmp_path / "plugins"
     zipfile.ZipFile(archive).extractall(plugins)
     sys.path.insert(0, str(plugins))
+    QgsSettings().remove("terrafuse")  # default settings, but a models folder of the test's own
+    QgsSettings().setValue("terrafuse/models_dir", str(tmp_path / "models"))
     try:
         package = importlib.import_module(PLUGIN_NAME)
         assert Path(package.__file__).parent == plugins / PLUGIN_NAME
@@ -43,15 +46,14 @@ def zipped_plugin(iface, tmp_path):
 def test_the_zipped_plugin_downloads_its_bundled_weights_in_the_model_manager(zipped_plugin, qtbot, tmp_path,
                                                                              monkeypatch):
     plugin, assets = zipped_plugin
+    plugin.first_use.shown = True  # the message bar's offer has a test of its own
     plugin.action.trigger()
     qtbot.mouseClick(plugin.dock.modelsButton, Qt.MouseButton.LeftButton)
     dialog = plugin.dock.model_manager
-    with qtbot.waitSignal(dialog.actionDone, timeout=JOB_TIMEOUT_MS):
-        pass  # the list job started as the dialog opened
+    qtbot.waitUntil(lambda: dialog.task is None and bool(dialog.models), timeout=JOB_TIMEOUT_MS)  # the list
     folder = tmp_path / "models"
-    with qtbot.waitSignal(dialog.actionDone, timeout=JOB_TIMEOUT_MS) as listed:
-        dialog.folderWidget.setFilePath(str(folder))
-    tiny = next(m for m in listed.args[1]["result"]["models"] if m["name"] == "terrafuse-tiny")
+    assert dialog.folderWidget.filePath() == str(folder)
+    tiny = next(m for m in dialog.models if m["name"] == "terrafuse-tiny")
     assert not tiny["installed"]
     assert dialog.table.item(row_of(dialog, "terrafuse-tiny"), 3).text() == "no"
     dialog.select("terrafuse-tiny")
@@ -81,3 +83,34 @@ def test_the_zipped_plugin_downloads_its_bundled_weights_in_the_model_manager(zi
     assert verified.args[1]["status"] == "ok", verified.args
     assert json.dumps(verified.args[1]["result"]["files_checked"]) == "8"
     dialog.close()
+
+
+def test_the_zipped_plugin_offers_the_download_when_the_dock_first_opens(zipped_plugin, qtbot, tmp_path, monkeypatch):
+    plugin, assets = zipped_plugin
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.Yes)
+    files = {f"v{version()}/{asset.name}": asset.read_bytes() for asset in assets}
+    with StandInFileServer(files) as server:
+        plugin.client.set_env("TERRAFUSE_RELEASE_URL", f"{server.endpoint}/files")
+        plugin.action.trigger()  # the dock opens for the first time
+        button = plugin.iface.messageBar().findChild(QPushButton, "TerrafuseDownloadBundled")
+        assert button is not None
+        assert "weights are not downloaded yet" in plugin.iface.messageBar().currentItem().text()
+        qtbot.mouseClick(button, Qt.MouseButton.LeftButton)
+        dialog = plugin.dock.model_manager
+        outcomes: list = []
+        dialog.actionDone.connect(lambda action, outcome: outcomes.append((action, outcome["status"])))
+        qtbot.waitUntil(lambda: ("download", "ok") in outcomes and dialog.task is None, timeout=JOB_TIMEOUT_MS)
+    assert [action for action, _ in outcomes][-2:] == ["info", "download"]  # the record first, as a click does
+    assert dialog.selected_name() == "terrafuse-tiny"
+    assert dialog.table.item(row_of(dialog, "terrafuse-tiny"), 3).text() == "yes"
+    assert plugin.first_use.item is None  # the offer left the message bar
+    plugin.action.trigger()
+    plugin.action.trigger()
+    assert plugin.iface.messageBar().findChild(QPushButton, "TerrafuseDownloadBundled") is None  # offered once
+    dialog.close()
+
+
+def test_a_checkout_is_complete_and_offers_nothing(plugin):
+    plugin.action.trigger()
+    assert not plugin.first_use.shown
+    assert plugin.first_use.item is None
