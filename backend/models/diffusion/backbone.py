@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -52,6 +52,8 @@ class DiffusionBackbone:
     ignored_unet_keys: tuple[str, ...] = ()
     config: BackboneConfig | None = None
     prompt: str = SATELLITE_PROMPT
+    # How the model manager installed it (verified against what, or accepted unverified), when it did.
+    install: dict[str, Any] = field(default_factory=dict)
     # How the modules run now (set by fast_path.prepare_backbone): NHWC weights, compiled blocks.
     channels_last: bool = False
     compiled: CompiledBlocks | None = None
@@ -83,7 +85,8 @@ class DiffusionBackbone:
         """What an output's metadata records about the backbone."""
         return {"backbone": self.name, "backbone_sha256": self.sha256, "prediction_type": self.prediction_type,
                 "prompt": self.prompt, "prompt_source": self.prompt_source,
-                "ignored_unet_keys": len(self.ignored_unet_keys)}
+                "ignored_unet_keys": len(self.ignored_unet_keys),
+                **({"backbone_install": dict(self.install)} if self.install else {})}
 
 
 def read_scheduler(path: Path) -> tuple[dict[str, Any], Tensor, str]:

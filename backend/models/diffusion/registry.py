@@ -14,7 +14,14 @@ import torch
 
 from ...errors import UserError
 from ...hub.archives import extract_zip
-from ...hub.catalogue import BUNDLED_MODELS_DIR, CATALOGUE, bundled_folder, installed_location, missing_files
+from ...hub.catalogue import (
+    BUNDLED_MODELS_DIR,
+    CATALOGUE,
+    bundled_folder,
+    installed_location,
+    missing_files,
+    read_manifest,
+)
 from ...hub.huggingface import fetch_snapshot, looks_like_repo_id
 from ...hub.paths import models_dir
 from .backbone import DiffusionBackbone, load_backbone_folder
@@ -176,5 +183,10 @@ def load_backbone(name_or_path: str | Path, device: torch.device | str = "cpu", 
     """
     config = resolve_config(name_or_path)
     folder, own_folder = fetch_backbone_files(config, offline=offline)
-    return load_backbone_folder(folder, name=config.name, device=device, dtype=dtype, config=config,
-                                hash_record_in_folder=own_folder)
+    backbone = load_backbone_folder(folder, name=config.name, device=device, dtype=dtype, config=config,
+                                    hash_record_in_folder=own_folder)
+    record = read_manifest().get(config.name) if BACKBONES.get(config.name) is config else None
+    if record:  # outputs record whether the model manager verified it or the user accepted it unverified
+        backbone.install = {key: record[key] for key in ("installed_by", "verified_against", "unverified",
+                                                          "source_url", "revision") if key in record}
+    return backbone

@@ -102,6 +102,7 @@ def test_zip_from_zenodo_is_resumed_checked_extracted_and_loads_by_name(models_f
 
     backbone = load_backbone("diffusionsat-512")  # no server any more: from the models folder
     assert backbone.name == "diffusionsat-512"
+    assert backbone.provenance()["backbone_install"]["verified_against"] == ["md5 (catalogue)"]
     assert len(backbone.ignored_unet_keys) == 28
 
     with open(models_folder / "diffusionsat_512.zip", "ab") as archive:
@@ -147,6 +148,12 @@ def test_no_pinned_checksum_is_refused_unless_unverified_is_chosen(models_folder
     verified = models("verify", name="diffusionsat-256")
     assert verified["verified"]
     assert verified["unverified_source"]
+
+    from backend.models.diffusion import load_backbone
+
+    provenance = load_backbone("diffusionsat-256").provenance()  # what every output's metadata records
+    assert provenance["backbone_install"]["unverified"] is True
+    assert provenance["backbone_install"]["verified_against"] == []
 
 
 def test_a_junk_partial_file_is_fetched_again_and_installed_only_once_verified(models_folder, tiny_backbone_dirs,
