@@ -2,7 +2,7 @@
 #   make demo     set up, then run the main job headless on the bundled sample scene
 #   make test     set up, then lint (ruff, bandit) and run the whole test suite
 #   make qgis     open QGIS desktop with the plugin linked in
-#   make package  build the zip that plugins.qgis.org takes
+#   make package  build the zip that plugins.qgis.org takes (and the release assets it leaves out)
 SHELL := /bin/bash
 .DEFAULT_GOAL := help
 

@@ -268,7 +268,8 @@ register(
             Param("preview_aoi", "vector", "Area of the preview (polygons, any CRS); default: around the labels",
                   None),
             Param("preview_out", "output_folder", "Folder of the preview's outputs (default: <out>/preview)", None),
-            Param("cache_dir", "str", "Folder of the feature cache (default: <Terrafuse cache>/features)", None),
+            Param("cache_dir", "str", "Folder the feature cache keeps its own subfolder in (terrafuse-features; "
+                  "nothing else there is touched; default: the Terrafuse cache)", None),
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),
             Param("seed", "int", "Random seed (hold-out, initialisation, batches)", 0),
@@ -336,6 +337,8 @@ register(
             Param("path", "file", "import: the folder or zip archive to import", None),
             Param("folder", "output_folder", "download: folder the files go to (default: the models folder)", None),
             Param("offline", "bool", "Never use the network", False),
+            Param("unverified", "bool", "download: accept a model whose catalogue entry pins no checksum (the "
+                  "install is recorded as unverified)", False),
         ),
         group="Models",
     )
@@ -426,7 +429,8 @@ register(
             *_VALIDATION_PARAMS,
             Param("baseline", "bool", "Also score a per-pixel random forest on every band of every date, on the "
                   "same folds", True),
-            Param("cache_dir", "str", "Folder of the feature cache (default: <Terrafuse cache>/features)", None),
+            Param("cache_dir", "str", "Folder the feature cache keeps its own subfolder in (terrafuse-features; "
+                  "nothing else there is touched; default: the Terrafuse cache)", None),
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),
         ),

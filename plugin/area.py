@@ -61,7 +61,7 @@ class AreaSelection:
         error, message, _, _ = QgsVectorFileWriter.writeAsVectorFormatV3(
             layer, path, QgsProject.instance().transformContext(), options
         )
-        if error != QgsVectorFileWriter.NoError:
+        if error != QgsVectorFileWriter.WriterError.NoError:
             raise AreaError(f"Cannot write the area for the backend: {message}")
         return path
 

@@ -76,12 +76,12 @@ class SeriesTable(QWidget):
         self.table = QTableWidget(0, len(COLUMNS), self)
         self.table.setObjectName("seriesTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.verticalHeader().hide()
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(FILE, QHeaderView.Stretch)
+        header.setSectionResizeMode(FILE, QHeaderView.ResizeMode.Stretch)
         for column in (MODALITY, DATE, SOURCE, CHECK):
-            header.setSectionResizeMode(column, QHeaderView.ResizeToContents)
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.table.setMinimumHeight(90)
         self.table.setMaximumHeight(170)
         self.table.itemChanged.connect(self._on_item_changed)
@@ -109,7 +109,7 @@ class SeriesTable(QWidget):
 
     # -- rows ---------------------------------------------------------------------------------
     def paths(self) -> List[str]:
-        return [self.table.item(row, FILE).data(Qt.UserRole) for row in range(self.table.rowCount())]
+        return [self.table.item(row, FILE).data(Qt.ItemDataRole.UserRole) for row in range(self.table.rowCount())]
 
     def add_paths(self, paths: List[str], modality: Optional[str] = None) -> None:
         """Add rasters (skipping those already in the table) and read their dates."""
@@ -132,9 +132,9 @@ class SeriesTable(QWidget):
         row = self.table.rowCount()
         self.table.insertRow(row)
         name = QTableWidgetItem(os.path.basename(path))
-        name.setData(Qt.UserRole, path)
+        name.setData(Qt.ItemDataRole.UserRole, path)
         name.setToolTip(path)
-        name.setFlags(name.flags() & ~Qt.ItemIsEditable)
+        name.setFlags(name.flags() & ~Qt.ItemFlag.ItemIsEditable)
         self.table.setItem(row, FILE, name)
         combo = QComboBox()
         for key, label in MODALITIES:
@@ -145,7 +145,7 @@ class SeriesTable(QWidget):
         self.table.setItem(row, DATE, QTableWidgetItem(""))
         for column in (SOURCE, CHECK):
             item = QTableWidgetItem("")
-            item.setFlags(item.flags() & ~Qt.ItemIsEditable)
+            item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
             self.table.setItem(row, column, item)
 
     def add_selected_layers(self) -> None:
@@ -189,7 +189,7 @@ class SeriesTable(QWidget):
     def series_params(self) -> Dict[str, Any]:
         params: Dict[str, Any] = {}
         for modality, rows in self.by_modality().items():
-            params[modality] = ",".join(self.table.item(r, FILE).data(Qt.UserRole) for r in rows)
+            params[modality] = ",".join(self.table.item(r, FILE).data(Qt.ItemDataRole.UserRole) for r in rows)
         return params
 
     def request_read(self) -> None:
@@ -206,14 +206,14 @@ class SeriesTable(QWidget):
         self._filling = True
         try:
             for row in range(self.table.rowCount()):
-                path = self.table.item(row, FILE).data(Qt.UserRole)
+                path = self.table.item(row, FILE).data(Qt.ItemDataRole.UserRole)
                 info = found.get((path, self.modality(row)))
                 if info is None:
                     continue
                 if not self.date_text(row) or self.table.item(row, SOURCE).text() != "edited":
                     self.set_date(row, info.get("date") or "")
                     self.table.item(row, SOURCE).setText(info.get("date_source") or "")
-                self.table.item(row, CHECK).setData(Qt.UserRole, info.get("problem") or "")
+                self.table.item(row, CHECK).setData(Qt.ItemDataRole.UserRole, info.get("problem") or "")
         finally:
             self._filling = False
         self.problems = [p for p in result.get("problems", []) if "without a date" not in p]
@@ -231,7 +231,7 @@ class SeriesTable(QWidget):
 
     def row_problem(self, row: int) -> str:
         """What is wrong with a row, '' when nothing: the backend's check first, then the date."""
-        problem = self.table.item(row, CHECK).data(Qt.UserRole) or ""
+        problem = self.table.item(row, CHECK).data(Qt.ItemDataRole.UserRole) or ""
         if problem:
             return problem
         text = self.date_text(row)
@@ -273,7 +273,7 @@ class SeriesTable(QWidget):
         for modality, rows in self.by_modality().items():
             if modality == "hr" and len(rows) > 1:
                 raise InputsError("Give one high-resolution image (a series is read for Sentinel-2 and Sentinel-1)")
-            params[modality] = ",".join(self.table.item(r, FILE).data(Qt.UserRole) for r in rows)
+            params[modality] = ",".join(self.table.item(r, FILE).data(Qt.ItemDataRole.UserRole) for r in rows)
             if modality != "hr":
                 params[f"{modality}_dates"] = ",".join(self.date_text(r) for r in rows)
         return params

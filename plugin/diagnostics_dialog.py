@@ -23,7 +23,7 @@ class DiagnosticsTask(QgsTask):
     reportReady = pyqtSignal(str)
 
     def __init__(self, client: WorkerClient, models_dir: str, last_selftest: Optional[Dict[str, Any]]) -> None:
-        super().__init__("Terrafuse: diagnostics", QgsTask.CanCancel)
+        super().__init__("Terrafuse: diagnostics", QgsTask.Flag.CanCancel)
         self.client = client
         self.models_dir = models_dir
         self.last_selftest = last_selftest
@@ -60,9 +60,9 @@ class DiagnosticsDialog(QDialog):
         self.text = QPlainTextEdit(report)
         self.text.setReadOnly(True)
         self.text.setFont(QFont("monospace"))
-        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         self.copy_button = QPushButton("Copy to clipboard")
-        buttons.addButton(self.copy_button, QDialogButtonBox.ActionRole)
+        buttons.addButton(self.copy_button, QDialogButtonBox.ButtonRole.ActionRole)
         self.copy_button.clicked.connect(self.copy)
         buttons.rejected.connect(self.reject)
         layout = QVBoxLayout(self)

@@ -101,14 +101,14 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.labelsGroup.setCollapsed(True)  # opened when labelling starts: the map's flow comes first
         self.labels_panel = LabelsPanel(self)
         self.labels_panel.message.connect(lambda text: self._show_status(text, error=True))
-        self.rasterCombo.setFilters(QgsMapLayerProxyModel.RasterLayer)
-        self.areaLayerCombo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        self.rasterCombo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
+        self.areaLayerCombo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         for key, label in AREA_MODES:
             self.areaModeCombo.addItem(label, key)
         for name in DOCK_TASKS:
             if name in jobs.JOBS:  # a job this backend version lacks is not offered
                 self.taskCombo.addItem(jobs.JOBS[name].title, name)
-        self.pythonWidget.setStorageMode(QgsFileWidget.GetFile)
+        self.pythonWidget.setStorageMode(QgsFileWidget.StorageMode.GetFile)
         self.pythonWidget.setFilePath(settings.python_path)
         for key, label in TORCH_BUILD_CHOICES:
             self.torchBuildCombo.addItem(label, key)
@@ -142,7 +142,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.series_table = SeriesTable(iface, self.optionsContainer)
         self.optionsLayout.insertWidget(0, self.series_table)
         self.series_table.readRequested.connect(self.read_series)
-        self.prototypeLayerCombo.setFilters(QgsMapLayerProxyModel.RasterLayer)
+        self.prototypeLayerCombo.setFilters(QgsMapLayerProxyModel.Filter.RasterLayer)
         self.prototypeGroup.setCollapsed(True)  # opened when a prototype map arrives
         self._identify_tool = PrototypeIdentifyTool(self.canvas, self.prototypeLayerCombo.currentLayer)
         self.identify_panel = PrototypeIdentifyPanel(self)
@@ -222,7 +222,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         return area_from_layer(layer, self.selectedOnlyCheck.isChecked())
 
     def _update_area_label(self) -> None:
-        self._area_band.reset(QgsWkbTypes.PolygonGeometry)
+        self._area_band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         try:
             area = self.current_area()
         except AreaError as exc:
@@ -365,7 +365,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
                 self, "Set up the Terrafuse backend",
                 f"Create the backend's Python environment in\n{folder}\nand install {what}?\n\n"
                 "This downloads a few GB the first time. Nothing is installed into QGIS's own Python.")
-            if answer != QMessageBox.Yes:
+            if answer != QMessageBox.StandardButton.Yes:
                 return None
         task = SetupBackendTask(folder, build, **task_kwargs)
         task.progressMessage.connect(self._on_progress)
@@ -426,8 +426,9 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         scroll = QScrollArea(self)
         scroll.setObjectName("dockScroll")
         scroll.setWidgetResizable(True)
-        scroll.setFrameShape(QFrame.NoFrame)
-        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarAlwaysOff)  # scroll down only: never clip a button
+        scroll.setFrameShape(QFrame.Shape.NoFrame)
+        # scroll down only: never clip a button
+        scroll.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
         scroll.setWidget(self.dockContents)
         self.setWidget(scroll)
         self._scroll = scroll
@@ -463,7 +464,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
     def _show_status(self, message: str, error: bool = False) -> None:
         self.statusLabel.setText(message)
         if error:
-            self.iface.messageBar().pushMessage("Terrafuse", message.splitlines()[0], level=Qgis.Warning,
+            self.iface.messageBar().pushMessage("Terrafuse", message.splitlines()[0], level=Qgis.MessageLevel.Warning,
                                                 duration=8)
 
     # -- results --------------------------------------------------------------------------

@@ -82,6 +82,6 @@ def export_raster(layer: QgsRasterLayer, area: Optional[AreaSelection], gsd_m: f
     writer = QgsRasterFileWriter(path)
     writer.setCreateOptions(["COMPRESS=DEFLATE", "TILED=YES"])
     error = writer.writeRaster(pipe, columns, rows, extent, crs, QgsProject.instance().transformContext())
-    if error != QgsRasterFileWriter.NoError:
+    if error != QgsRasterFileWriter.WriterError.NoError:
         raise ExportError(f"Exporting '{layer.name()}' failed (error {int(error)})")
     return path

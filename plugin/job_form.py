@@ -18,9 +18,9 @@ from ..backend.jobs import JobSpec, Param
 def _file_widget(param: Param) -> QgsFileWidget:
     widget = QgsFileWidget()
     if param.kind in ("folder", "output_folder"):
-        widget.setStorageMode(QgsFileWidget.GetDirectory)
+        widget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
     elif param.kind == "output_file":
-        widget.setStorageMode(QgsFileWidget.SaveFile)
+        widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
     if param.kind.startswith("output") and not param.required:
         widget.lineEdit().setPlaceholderText("a new folder in your profile")
     return widget
@@ -68,7 +68,7 @@ class JobOptionsForm(QWidget):
         self.widgets: Dict[str, QWidget] = {}
         layout = QFormLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.setFieldGrowthPolicy(QFormLayout.AllNonFixedFieldsGrow)
+        layout.setFieldGrowthPolicy(QFormLayout.FieldGrowthPolicy.AllNonFixedFieldsGrow)
         skip = set(supplied)
         for param in spec.params:
             if param.name in skip:

@@ -31,8 +31,9 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
-from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor
+
+from .qt_compat import field_type
 
 LABELS_TABLE = "labels"
 CLASSES_TABLE = "classes"
@@ -54,9 +55,9 @@ class LabelClass:
 
 def _fields() -> QgsFields:
     fields = QgsFields()
-    fields.append(QgsField("class_id", QVariant.Int))
-    fields.append(QgsField("class_name", QVariant.String))
-    fields.append(QgsField("colour", QVariant.String))
+    fields.append(QgsField("class_id", field_type("Int")))
+    fields.append(QgsField("class_name", field_type("QString")))
+    fields.append(QgsField("colour", field_type("QString")))
     return fields
 
 
@@ -66,7 +67,7 @@ def _write_table(path: str, table: str, geometry_type: QgsWkbTypes.Type, crs: Qg
     options.driverName = "GPKG"
     options.layerName = table
     if append:
-        options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+        options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
     writer = QgsVectorFileWriter.create(path, _fields(), geometry_type, crs, QgsProject.instance().transformContext(),
                                         options)
     if writer.hasError():
@@ -81,7 +82,7 @@ class LabelsLayer:
         path = layer.source().split("|")[0]
         if layer.providerType() != "ogr" or not path.lower().endswith(".gpkg"):
             raise LabelsError(f"The layer '{layer.name()}' is not a GeoPackage; create a labels layer instead")
-        if layer.geometryType() != QgsWkbTypes.PolygonGeometry:
+        if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
             raise LabelsError(f"The layer '{layer.name()}' does not hold polygons")
         self.layer = layer
         self.path = path
@@ -95,8 +96,8 @@ class LabelsLayer:
             path += ".gpkg"
         if os.path.exists(path):
             raise LabelsError(f"'{path}' exists already; open it as a layer to adopt it")
-        _write_table(path, LABELS_TABLE, QgsWkbTypes.MultiPolygon, crs, append=False)
-        _write_table(path, CLASSES_TABLE, QgsWkbTypes.NoGeometry, crs, append=True)
+        _write_table(path, LABELS_TABLE, QgsWkbTypes.Type.MultiPolygon, crs, append=False)
+        _write_table(path, CLASSES_TABLE, QgsWkbTypes.Type.NoGeometry, crs, append=True)
         layer = QgsVectorLayer(f"{path}|layername={LABELS_TABLE}", name, "ogr")
         if not layer.isValid():
             raise LabelsError(f"Cannot open the new labels layer '{path}'")
@@ -114,7 +115,7 @@ class LabelsLayer:
     def _open_classes(self) -> QgsVectorLayer:
         classes = QgsVectorLayer(f"{self.path}|layername={CLASSES_TABLE}", "classes", "ogr")
         if not classes.isValid():
-            _write_table(self.path, CLASSES_TABLE, QgsWkbTypes.NoGeometry, self.layer.crs(), append=True)
+            _write_table(self.path, CLASSES_TABLE, QgsWkbTypes.Type.NoGeometry, self.layer.crs(), append=True)
             classes = QgsVectorLayer(f"{self.path}|layername={CLASSES_TABLE}", "classes", "ogr")
             if not classes.isValid():
                 raise LabelsError(f"Cannot keep the classes in '{self.path}'")
@@ -227,7 +228,7 @@ class LabelsLayer:
         geometry = QgsGeometry(geometry)
         if crs.isValid() and crs != self.layer.crs():
             geometry.transform(QgsCoordinateTransform(crs, self.layer.crs(), QgsProject.instance()))
-        if geometry.type() != QgsWkbTypes.PolygonGeometry or geometry.isEmpty():
+        if geometry.type() != QgsWkbTypes.GeometryType.PolygonGeometry or geometry.isEmpty():
             raise LabelsError("A label must be a polygon with an area")
         geometry.convertToMultiType()
         feature = QgsFeature(self.layer.fields())
@@ -254,7 +255,7 @@ class LabelsLayer:
         """Categorized by class, in the class colours, with the class names in the legend."""
         categories = []
         for label_class in self.classes():
-            symbol = QgsSymbol.defaultSymbol(QgsWkbTypes.PolygonGeometry)
+            symbol = QgsSymbol.defaultSymbol(QgsWkbTypes.GeometryType.PolygonGeometry)
             colour = QColor(label_class.colour)
             fill = QColor(colour)
             fill.setAlpha(90)

@@ -45,7 +45,7 @@ class LabelsPanel(QObject):
                 tool.canvasClicked.connect(self._on_point)
             else:
                 tool.areaDrawn.connect(self._on_drawn)
-        dock.labelsLayerCombo.setFilters(QgsMapLayerProxyModel.PolygonLayer)
+        dock.labelsLayerCombo.setFilters(QgsMapLayerProxyModel.Filter.PolygonLayer)
         dock.labelsLayerCombo.setAllowEmptyLayer(True)
         dock.labelsLayerCombo.setLayer(None)
         dock.labelsLayerCombo.layerChanged.connect(self.adopt)
@@ -91,11 +91,11 @@ class LabelsPanel(QObject):
     @property
     def selected_class_id(self) -> Optional[int]:
         item = self.dock.classList.currentItem()
-        return None if item is None else item.data(Qt.UserRole)
+        return None if item is None else item.data(Qt.ItemDataRole.UserRole)
 
     def select_class(self, class_id: int) -> None:
         for row in range(self.dock.classList.count()):
-            if self.dock.classList.item(row).data(Qt.UserRole) == class_id:
+            if self.dock.classList.item(row).data(Qt.ItemDataRole.UserRole) == class_id:
                 self.dock.classList.setCurrentRow(row)
 
     def refresh_classes(self) -> None:
@@ -107,7 +107,7 @@ class LabelsPanel(QObject):
                 n = counts.get(label_class.class_id, 0)
                 text = f"{label_class.name}  ({n} label{'s' * (n != 1)})"
                 item = QListWidgetItem(colour_icon(label_class.colour), text)
-                item.setData(Qt.UserRole, label_class.class_id)
+                item.setData(Qt.ItemDataRole.UserRole, label_class.class_id)
                 self.dock.classList.addItem(item)
             if selected is not None:
                 self.select_class(selected)
@@ -165,7 +165,7 @@ class LabelsPanel(QObject):
         n = self.labels.counts().get(class_id, 0)
         answer = QMessageBox.question(self.dock, "Delete the class",
                                       f"Delete the class '{label_class.name}' and its {n} label(s)?")
-        if answer == QMessageBox.Yes:
+        if answer == QMessageBox.StandardButton.Yes:
             self._run(self.labels.delete_class, class_id)
 
     # -- drawing ----------------------------------------------------------------------------
@@ -187,7 +187,7 @@ class LabelsPanel(QObject):
         self.add_label(geometry)
 
     def _on_point(self, point: QgsPointXY, button) -> None:
-        if button == Qt.LeftButton:
+        if button == Qt.MouseButton.LeftButton:
             self.add_label(LabelsLayer.point_square(point, self._point_size()))
 
     def _point_size(self) -> float:

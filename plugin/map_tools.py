@@ -14,7 +14,7 @@ AREA_FILL = QColor(255, 87, 34, 40)
 
 
 def make_area_band(canvas: QgsMapCanvas) -> QgsRubberBand:
-    band = QgsRubberBand(canvas, QgsWkbTypes.PolygonGeometry)
+    band = QgsRubberBand(canvas, QgsWkbTypes.GeometryType.PolygonGeometry)
     band.setStrokeColor(AREA_COLOUR)
     band.setFillColor(AREA_FILL)
     band.setWidth(2)
@@ -30,10 +30,10 @@ class RectangleAreaTool(QgsMapTool):
         super().__init__(canvas)
         self._band = make_area_band(canvas)
         self._start: QgsPointXY | None = None
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     def canvasPressEvent(self, event: QgsMapMouseEvent) -> None:
-        if event.button() == Qt.LeftButton:
+        if event.button() == Qt.MouseButton.LeftButton:
             self._start = event.mapPoint()
 
     def canvasMoveEvent(self, event: QgsMapMouseEvent) -> None:
@@ -41,11 +41,11 @@ class RectangleAreaTool(QgsMapTool):
             self._band.setToGeometry(self._rectangle(event.mapPoint()), None)
 
     def canvasReleaseEvent(self, event: QgsMapMouseEvent) -> None:
-        if event.button() != Qt.LeftButton or self._start is None:
+        if event.button() != Qt.MouseButton.LeftButton or self._start is None:
             return
         geometry = self._rectangle(event.mapPoint())
         self._start = None
-        self._band.reset(QgsWkbTypes.PolygonGeometry)
+        self._band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         if not geometry.isEmpty() and geometry.area() > 0:
             self.areaDrawn.emit(geometry)
 
@@ -53,7 +53,7 @@ class RectangleAreaTool(QgsMapTool):
         return QgsGeometry.fromRect(QgsRectangle(self._start, end))
 
     def deactivate(self) -> None:
-        self._band.reset(QgsWkbTypes.PolygonGeometry)
+        self._band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         self._start = None
         super().deactivate()
 
@@ -70,13 +70,13 @@ class PolygonAreaTool(QgsMapTool):
         super().__init__(canvas)
         self._band = make_area_band(canvas)
         self._points: List[QgsPointXY] = []
-        self.setCursor(Qt.CrossCursor)
+        self.setCursor(Qt.CursorShape.CrossCursor)
 
     def canvasReleaseEvent(self, event: QgsMapMouseEvent) -> None:
-        if event.button() == Qt.LeftButton:
+        if event.button() == Qt.MouseButton.LeftButton:
             self._points.append(event.mapPoint())
             self._redraw()
-        elif event.button() == Qt.RightButton:
+        elif event.button() == Qt.MouseButton.RightButton:
             self._finish()
 
     def canvasMoveEvent(self, event: QgsMapMouseEvent) -> None:
@@ -84,17 +84,17 @@ class PolygonAreaTool(QgsMapTool):
             self._redraw(event.mapPoint())
 
     def keyPressEvent(self, event: QKeyEvent) -> None:
-        if event.key() in (Qt.Key_Return, Qt.Key_Enter):
+        if event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter):
             self._finish()
-        elif event.key() == Qt.Key_Escape:
+        elif event.key() == Qt.Key.Key_Escape:
             self._reset()
-        elif event.key() == Qt.Key_Backspace and self._points:
+        elif event.key() == Qt.Key.Key_Backspace and self._points:
             self._points.pop()
             self._redraw()
 
     def _redraw(self, hover: QgsPointXY | None = None) -> None:
         points = self._points + ([hover] if hover is not None else [])
-        self._band.reset(QgsWkbTypes.PolygonGeometry)
+        self._band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         for point in points:
             self._band.addPoint(point, doUpdate=False)
         self._band.show()
@@ -102,7 +102,7 @@ class PolygonAreaTool(QgsMapTool):
 
     def _finish(self) -> None:
         points, self._points = self._points, []
-        self._band.reset(QgsWkbTypes.PolygonGeometry)
+        self._band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
         if len(points) < 3:
             return
         geometry = QgsGeometry.fromPolygonXY([points + [points[0]]])
@@ -113,7 +113,7 @@ class PolygonAreaTool(QgsMapTool):
 
     def _reset(self) -> None:
         self._points = []
-        self._band.reset(QgsWkbTypes.PolygonGeometry)
+        self._band.reset(QgsWkbTypes.GeometryType.PolygonGeometry)
 
     def deactivate(self) -> None:
         self._reset()

@@ -85,7 +85,7 @@ class ModelManagerDialog(QDialog):
         self.confirm_downloads = True  # tests answer the question themselves
 
         self.folderWidget = QgsFileWidget()
-        self.folderWidget.setStorageMode(QgsFileWidget.GetDirectory)
+        self.folderWidget.setStorageMode(QgsFileWidget.StorageMode.GetDirectory)
         self.folderWidget.setFilePath(settings.models_dir)
         self.folderWidget.setToolTip("Where downloaded and imported models are kept")
         folder_row = QHBoxLayout()
@@ -94,14 +94,15 @@ class ModelManagerDialog(QDialog):
 
         self.table = QTableWidget(0, len(COLUMNS))
         self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
-        self.table.setSelectionMode(QAbstractItemView.SingleSelection)
-        self.table.setEditTriggers(QAbstractItemView.NoEditTriggers)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
+        self.table.setSelectionMode(QAbstractItemView.SelectionMode.SingleSelection)
+        self.table.setEditTriggers(QAbstractItemView.EditTrigger.NoEditTriggers)
         self.table.verticalHeader().hide()
         header = self.table.horizontalHeader()
         for column in range(len(COLUMNS) - 1):
-            header.setSectionResizeMode(column, QHeaderView.ResizeToContents)
-        header.setSectionResizeMode(LICENCE_COLUMN, QHeaderView.Stretch)  # long text: elided, whole in the tooltip
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        # long text: elided, whole in the tooltip
+        header.setSectionResizeMode(LICENCE_COLUMN, QHeaderView.ResizeMode.Stretch)
         self.table.setWordWrap(False)
         self.details = QTextBrowser()
         self.details.setOpenExternalLinks(True)
@@ -130,8 +131,8 @@ class ModelManagerDialog(QDialog):
         progress_row.addWidget(self.cancelButton)
         self.statusLabel = QLabel("")
         self.statusLabel.setWordWrap(True)
-        self.statusLabel.setTextInteractionFlags(Qt.TextSelectableByMouse)
-        buttons = QDialogButtonBox(QDialogButtonBox.Close)
+        self.statusLabel.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Close)
         buttons.rejected.connect(self.reject)
 
         layout = QVBoxLayout(self)
@@ -180,7 +181,7 @@ class ModelManagerDialog(QDialog):
             for column, text in enumerate(cells):
                 item = QTableWidgetItem(text)
                 item.setToolTip(text if column == LICENCE_COLUMN else model.get("path") or model.get("url") or text)
-                item.setData(Qt.UserRole, model["name"])
+                item.setData(Qt.ItemDataRole.UserRole, model["name"])
                 self.table.setItem(row, column, item)
         self.select(selected or (self.models[0]["name"] if self.models else None))
         self._show_status(f"{len(self.models)} models; folder {result.get('models_dir', '')}")
@@ -198,14 +199,15 @@ class ModelManagerDialog(QDialog):
         rows = self.table.selectionModel().selectedRows()
         if not rows:
             return None
-        return self.table.item(rows[0].row(), 0).data(Qt.UserRole)
+        return self.table.item(rows[0].row(), 0).data(Qt.ItemDataRole.UserRole)
 
     def _on_selection(self) -> None:
         model = self.model(self.selected_name())
         running = self.task is not None
         kind = model["kind"] if model else ""
         self.infoButton.setEnabled(not running and model is not None)
-        self.downloadButton.setEnabled(not running and kind in ("zip", "hub"))
+        missing = bool(model and model.get("missing_files"))  # a bundled model whose weights the zip left out
+        self.downloadButton.setEnabled(not running and (kind in ("zip", "hub") or missing))
         self.verifyButton.setEnabled(not running and bool(model and model.get("installed")))
         self.importButton.setEnabled(not running and kind in ("zip", "hub", "manual"))
         self.refreshButton.setEnabled(not running)
@@ -239,16 +241,23 @@ class ModelManagerDialog(QDialog):
             if ask and not self._agree_to_download(result):
                 self._show_status(f"{name}: download not started")
                 return
-            self._run("download", {"name": name}, f"Downloading {name}", self._after_change)
+            params: Dict[str, Any] = {"name": name}
+            if ask and not result.get("pinned", True):
+                params["unverified"] = True  # the user read the warning and agreed
+            self._run("download", params, f"Downloading {name}", self._after_change)
 
         return self._run("info", {"name": name}, f"Reading the record of {name}", after_info)
 
     def _agree_to_download(self, model: Dict[str, Any]) -> bool:
-        text = (f"{details_html(model)}<p>Download into <b>{html.escape(self.settings.models_dir)}</b>? "
-                "An interrupted download resumes where it stopped.</p>")
-        answer = QMessageBox.question(self, "Download a model", text, QMessageBox.Yes | QMessageBox.No,
-                                      QMessageBox.No)
-        return answer == QMessageBox.Yes
+        warning = ("" if model.get("pinned", True) else
+                   "<p><b>Unverified:</b> Terrafuse's catalogue pins no checksum for this model, so nothing can "
+                   "prove the file is the one its authors published. Download it only if you trust the source; "
+                   "its record will say unverified.</p>")
+        text = (f"{details_html(model)}{warning}<p>Download into <b>{html.escape(self.settings.models_dir)}</b>? "
+                "An interrupted download resumes where it stopped and is verified as a whole.</p>")
+        buttons = QMessageBox.StandardButton.Yes | QMessageBox.StandardButton.No
+        answer = QMessageBox.question(self, "Download a model", text, buttons, QMessageBox.StandardButton.No)
+        return answer == QMessageBox.StandardButton.Yes
 
     def verify(self, name: Optional[str]) -> Optional[JobTask]:
         if not name:

@@ -8,9 +8,10 @@ from typing import Any, Optional
 from qgis.core import Qgis, QgsApplication, QgsMessageLog
 from qgis.PyQt.QtCore import Qt
 from qgis.PyQt.QtGui import QIcon
-from qgis.PyQt.QtWidgets import QAction
 
+from .first_use import BundledWeightsOffer
 from .processing.provider import ICON_PATH, TerrafuseProvider
+from .qt_compat import QAction
 from .settings import PluginSettings
 from .tasks import LOG_TAG
 from .worker_client import WorkerClient
@@ -19,7 +20,8 @@ MENU = "&Terrafuse"
 
 
 def _log_worker_line(line: str) -> None:
-    level = Qgis.Critical if (" ERROR " in line or line.startswith("Traceback")) else Qgis.Info
+    failed = " ERROR " in line or line.startswith("Traceback")
+    level = Qgis.MessageLevel.Critical if failed else Qgis.MessageLevel.Info
     QgsMessageLog.logMessage(line, LOG_TAG, level)
 
 
@@ -32,6 +34,7 @@ class TerrafusePlugin:
         self.action: Optional[QAction] = None
         self.dock = None
         self.provider: Optional[TerrafuseProvider] = None
+        self.first_use: Optional[BundledWeightsOffer] = None
         self._client: Optional[WorkerClient] = None
         self._client_lock = threading.Lock()
 
@@ -60,12 +63,19 @@ class TerrafusePlugin:
         self.iface.addToolBarIcon(self.action)
         self.iface.addPluginToRasterMenu(MENU, self.action)
         self.dock = TerrafuseDock(self.iface, self.client, self.settings, self.iface.mainWindow())
-        self.iface.addDockWidget(Qt.RightDockWidgetArea, self.dock)
+        self.iface.addDockWidget(Qt.DockWidgetArea.RightDockWidgetArea, self.dock)
         self.dock.hide()
         self.action.toggled.connect(self.dock.setVisible)
         self.dock.visibilityChanged.connect(self.action.setChecked)
+        # A plugin installed from the zip lacks the bundled weights: offered when the dock first opens.
+        self.first_use = BundledWeightsOffer(self.iface, lambda: self.settings.models_dir,
+                                             lambda: self.dock.show_model_manager())
+        self.action.toggled.connect(lambda shown: shown and self.first_use.check())
 
     def unload(self) -> None:
+        if self.first_use is not None:
+            self.first_use.close()
+            self.first_use = None
         if self.dock is not None:
             self.dock.cleanup()
             self.iface.removeDockWidget(self.dock)

@@ -79,7 +79,7 @@ class PrototypeMap:
             point = QgsCoordinateTransform(crs, raster.crs(), QgsProject.instance()).transform(point)
         if not raster.extent().contains(point):
             return None
-        values = raster.dataProvider().identify(point, QgsRaster.IdentifyFormatValue).results()
+        values = raster.dataProvider().identify(point, QgsRaster.IdentifyFormat.IdentifyFormatValue).results()
         region_band = int(self.similarities["region_band"])
         nodata, scale = self.similarities["nodata"], float(self.similarities["scale"])
         region_value = values.get(region_band)
@@ -177,7 +177,7 @@ class PrototypeIdentifyPanel(QDialog):
     Identify Results)."""
 
     def __init__(self, parent: Optional[QWidget] = None) -> None:
-        super().__init__(parent, Qt.Tool)
+        super().__init__(parent, Qt.WindowType.Tool)
         self.setObjectName("TerrafusePrototypeIdentify")
         self.setWindowTitle("Terrafuse — prototype at the click")
         self.browser = QTextBrowser(self)

@@ -30,7 +30,7 @@ class SetupBackendTask(QgsTask):
 
     def __init__(self, folder: str, build: Optional[TorchBuild], requirements: Optional[Path] = None,
                  base_python: Optional[str] = None) -> None:
-        super().__init__("Terrafuse: set up the backend", QgsTask.CanCancel)
+        super().__init__("Terrafuse: set up the backend", QgsTask.Flag.CanCancel)
         self.environment = BackendEnvironment(Path(folder))
         self.build = build
         self.requirements = requirements
@@ -46,7 +46,7 @@ class SetupBackendTask(QgsTask):
             env.pop("PYTHONPATH", None)  # QGIS's paths must not leak into the new environment
             env.pop("PYTHONHOME", None)
             run_install(commands, self._on_progress, self.isCanceled,
-                        on_line=lambda line: QgsMessageLog.logMessage(line, LOG_TAG, Qgis.Info), env=env)
+                        on_line=lambda line: QgsMessageLog.logMessage(line, LOG_TAG, Qgis.MessageLevel.Info), env=env)
         except InstallError as exc:
             status = "cancelled" if self.isCanceled() else "error"
             self.outcome = {"status": status, "message": str(exc)}
@@ -65,5 +65,5 @@ class SetupBackendTask(QgsTask):
 
     def finished(self, ok: bool) -> None:
         if self.outcome["status"] == "error":
-            QgsMessageLog.logMessage(self.outcome["message"], LOG_TAG, Qgis.Critical)
+            QgsMessageLog.logMessage(self.outcome["message"], LOG_TAG, Qgis.MessageLevel.Critical)
         self.setupFinished.emit(self.outcome)

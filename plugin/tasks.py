@@ -30,7 +30,7 @@ class JobTask(QgsTask):
     def __init__(self, client: WorkerClient, job: str, params: Dict[str, Any], description: str,
                  prepare: Optional[Callable[[Dict[str, Any]], Dict[str, Any]]] = None) -> None:
         """``prepare`` runs in the task's thread first (exporting a web layer, say) and returns the params."""
-        super().__init__(description, QgsTask.CanCancel)
+        super().__init__(description, QgsTask.Flag.CanCancel)
         self.client = client
         self.job = job
         self.params = params
@@ -78,6 +78,6 @@ class JobTask(QgsTask):
         if self._started_s is None:  # cancelled while still queued: run() never ran
             self.outcome = {"status": "cancelled", "message": "Cancelled before it started", "user_error": True}
         if not ok and self.outcome["status"] == "error":
-            level = Qgis.Warning if self.outcome.get("user_error") else Qgis.Critical
+            level = Qgis.MessageLevel.Warning if self.outcome.get("user_error") else Qgis.MessageLevel.Critical
             QgsMessageLog.logMessage(f"{self.job}: {self.outcome['message']}", LOG_TAG, level)
         self.jobFinished.emit(self.outcome)

@@ -114,7 +114,7 @@ def flush_deletes() -> None:
     """Widgets scheduled for deletion go now: a plain processEvents() leaves them on screen."""
     from qgis.PyQt.QtCore import QCoreApplication, QEvent
 
-    QCoreApplication.sendPostedEvents(None, QEvent.DeferredDelete)
+    QCoreApplication.sendPostedEvents(None, QEvent.Type.DeferredDelete)
     QCoreApplication.processEvents()
 
 
@@ -142,9 +142,9 @@ def style_scene(layer) -> None:
     renderer = QgsMultiBandColorRenderer(layer.dataProvider(), 3, 2, 1)
     for band, setter in ((3, renderer.setRedContrastEnhancement), (2, renderer.setGreenContrastEnhancement),
                          (1, renderer.setBlueContrastEnhancement)):
-        stats = layer.dataProvider().bandStatistics(band, QgsRasterBandStats.All)
+        stats = layer.dataProvider().bandStatistics(band, QgsRasterBandStats.Stats.All)
         enhancement = QgsContrastEnhancement(layer.dataProvider().dataType(band))
-        enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.StretchToMinimumMaximum)
+        enhancement.setContrastEnhancementAlgorithm(QgsContrastEnhancement.ContrastEnhancementAlgorithm.StretchToMinimumMaximum)
         enhancement.setMinimumValue(stats.mean - 1.5 * stats.stdDev)
         enhancement.setMaximumValue(stats.mean + 2.5 * stats.stdDev)
         setter(enhancement)
@@ -216,16 +216,17 @@ def compose_map(panels: list[tuple[str, Any, list[tuple[str, Any]]]], path: Path
     columns, title_px, legend_px, margin = 2, 34, 56, 12
     rows = (len(panels) + columns - 1) // columns
     cell_w, cell_h = PANEL_PX + margin, title_px + PANEL_PX + legend_px
-    image = QImage(columns * cell_w + margin, rows * cell_h + margin, QImage.Format_ARGB32)
+    image = QImage(columns * cell_w + margin, rows * cell_h + margin, QImage.Format.Format_ARGB32)
     image.fill(QColor("white"))
     painter = QPainter(image)
-    painter.setRenderHint(QPainter.Antialiasing)
+    painter.setRenderHint(QPainter.RenderHint.Antialiasing)
     for index, (title, picture, legend) in enumerate(panels):
         x = margin + (index % columns) * cell_w
         y = margin + (index // columns) * cell_h
         painter.setPen(QColor("#222222"))
-        painter.setFont(QFont("DejaVu Sans", 13, QFont.Bold))
-        painter.drawText(QRect(x, y, PANEL_PX, title_px), Qt.AlignLeft | Qt.AlignVCenter, title)
+        painter.setFont(QFont("DejaVu Sans", 13, QFont.Weight.Bold))
+        align = Qt.AlignmentFlag.AlignLeft | Qt.AlignmentFlag.AlignVCenter
+        painter.drawText(QRect(x, y, PANEL_PX, title_px), align, title)
         painter.drawImage(x, y + title_px, picture)
         painter.setPen(QColor("#888888"))
         painter.drawRect(x, y + title_px, PANEL_PX - 1, PANEL_PX - 1)

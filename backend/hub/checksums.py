@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 
+from ..atomic_files import write_text
 from .paths import cache_dir
 
 log = logging.getLogger("terrafuse.hub")
@@ -49,10 +49,7 @@ def _read_record(path: Path) -> dict | None:
 
 def _write_record(path: Path, record: dict) -> bool:
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        tmp.write_text(json.dumps(record, indent=1, sort_keys=True), encoding="utf-8")
-        os.replace(tmp, path)
+        write_text(path, json.dumps(record, indent=1, sort_keys=True))
     except OSError:
         return False
     return True

@@ -2,9 +2,10 @@
 
 One job for the dock and the command line. ``list`` never touches the network (it is what the dock shows
 before anything else); ``info`` reads a remote record for the size and licence of what a download would
-fetch; ``download`` fetches with progress and resume and checks the published checksum; ``verify``
-re-hashes what is installed; ``import`` takes a local folder or archive (offline use, or a file fetched
-elsewhere) and, for SkySense, runs the converter.
+fetch; ``download`` fetches with progress and resume, verifies against what the catalogue pins, extracts,
+and only then records the install (a model that pins nothing needs ``unverified``, and its record says
+so); ``verify`` re-hashes what is installed; ``import`` takes a local folder or archive (offline use, or a
+file fetched elsewhere) and, for SkySense, runs the converter.
 """
 
 from __future__ import annotations
@@ -12,19 +13,25 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
 from ..progress import Progress
 from .catalogue import (
+    BUNDLED_MODELS_DIR,
     CATALOGUE,
     ModelEntry,
     bundled_folder,
+    fetched_bundled_folder,
     get_entry,
     installed_location,
+    missing_files,
     read_manifest,
     record_installed,
+    release_hosts,
+    release_url,
 )
 from .download import Checksums, download_file
 from .paths import models_dir
@@ -109,9 +116,9 @@ def _hub_cache(entry: ModelEntry) -> Path | None:
 def locate(entry: ModelEntry, root: Path) -> Path | None:
     """Where ``entry`` is installed: bundled folder, manifest record, archive in the models folder, hub cache."""
     if entry.kind == "bundled":
-        folder = bundled_folder(entry)
+        folder = bundled_folder(entry, root)
         marker = folder / ("config.json" if entry.role == "skysense" else "unet")
-        return folder if marker.exists() else None
+        return folder if marker.exists() and not missing_files(entry, root) else None
     found = installed_location(entry.name, root)
     if found is not None:
         return found
@@ -129,6 +136,9 @@ def describe(entry: ModelEntry, root: Path) -> dict[str, Any]:
     data.update({"installed": path is not None, "path": str(path) if path else None,
                  "source_kind": entry.kind,
                  "size_mb": _size_mb(path) if path is not None and entry.kind != "hub" else entry.size_mb})
+    if entry.kind == "bundled" and path is None:
+        data["missing_files"] = missing_files(entry, root)
+        data["size_mb"] = round(sum(size for _, _, size in entry.release_files) / 1e6, 1)
     record = read_manifest(root).get(entry.name) or {}
     for key in ("sha256", "md5", "installed_by"):
         if record.get(key):
@@ -155,36 +165,125 @@ def action_info(entry: ModelEntry, root: Path, offline: bool) -> dict[str, Any]:
 
 
 def action_download(entry: ModelEntry, root: Path, target_dir: Path, progress: Progress,
-                    offline: bool) -> dict[str, Any]:
+                    offline: bool, unverified: bool = False) -> dict[str, Any]:
     if entry.kind == "bundled":
-        return {**describe(entry, root), "message": f"{entry.name} ships with Terrafuse: nothing to download"}
+        if not missing_files(entry, root):
+            return {**describe(entry, root), "message": f"{entry.name} ships with Terrafuse: nothing to download"}
+        return _download_bundled(entry, root, progress, offline)
     if entry.kind == "manual":
         raise UserError(f"{entry.title} cannot be downloaded by Terrafuse: {entry.notes} (source: {entry.url})")
     if _offline(offline):
         raise UserError(f"Offline: {entry.name} cannot be downloaded. Fetch it on a connected machine and use "
                         f"'models import {entry.name} --path FILE_OR_FOLDER'")
+    if not entry.pinned and not unverified:
+        raise UserError(f"{entry.name} has no pinned checksum in Terrafuse's catalogue, so its download cannot be "
+                        f"verified and was not started. Download it only if you trust {entry.url}: "
+                        f"'models download --name {entry.name} --unverified' (its record says unverified)")
     if entry.kind == "zip":
-        from .archives import extract_zip
-        from .zenodo import record_file
+        return _download_zip(entry, root, target_dir, progress, unverified)
+    return _download_hub(entry, root, target_dir, progress, unverified)
 
-        remote = record_file(entry.source, key=entry.zenodo_key)
-        target = target_dir / entry.filename
-        sha256 = download_file(remote.url, target, checksums=Checksums(sha256=entry.sha256, md5=remote.md5),
-                               size_b=remote.size_b or None, progress=progress, label=entry.filename)
-        record_installed(entry.name, {"path": str(target), "sha256": sha256, "md5": remote.md5,
-                                      "source_url": remote.url, "licence": remote.licence or entry.licence,
-                                      "installed_by": "download"}, root)
-        progress.update(0, 1, f"extracting {entry.filename}")
-        extracted = extract_zip(target)
-        return {**describe(entry, root), "extracted": str(extracted), "message": "downloaded and checked"}
+
+def _download_bundled(entry: ModelEntry, root: Path, progress: Progress, offline: bool) -> dict[str, Any]:
+    """Complete a bundled model whose weights the plugin zip left out: the plugin's small files plus the
+    weights from the project's release assets, each verified against the sha256 the catalogue pins, put in
+    place as one folder."""
+    from ..atomic_files import write_folder
+
+    missing = missing_files(entry, root)
+    size_mb = round(sum(size for path, _, size in entry.release_files if path in missing) / 1e6, 1)
+    if _offline(offline):
+        raise UserError(f"Offline: the weights of the bundled model {entry.name} ({size_mb} MB) are not in this "
+                        "installation (the plugin package leaves them out) and cannot be downloaded now. Connect "
+                        f"once and download {entry.name} in the model manager, or use a checkout of Terrafuse")
+    own = BUNDLED_MODELS_DIR / entry.source
+    target_dir = fetched_bundled_folder(entry, root)
+    downloads = target_dir.parent / f".{entry.source}.downloads"
+
+    def fill(folder: Path) -> None:
+        shutil.copytree(own, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("terrafuse_*"))
+        for i, (relpath, sha256, size_b) in enumerate(entry.release_files):
+            done = folder / relpath
+            if done.is_file() and _sha256(done) == sha256:
+                continue
+            progress.update(i, len(entry.release_files), f"downloading {entry.name}: {relpath}")
+            # Kept beside the target between runs, so that an interrupted download resumes.
+            part_target = downloads / relpath.replace("/", "--")
+            download_file(release_url(entry, relpath), part_target, checksums=Checksums(sha256=sha256),
+                          size_b=size_b, progress=progress, label=f"{entry.name} {relpath}",
+                          hosts=release_hosts(entry))
+            done.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(part_target, done)
+
+    write_folder(target_dir, fill)
+    shutil.rmtree(downloads, ignore_errors=True)
+    problems = missing_files(entry, root)
+    if problems:
+        raise UserError(f"{entry.name} is still incomplete after the download: {', '.join(problems)}")
+    return {**describe(entry, root), "message": f"downloaded and verified the weights of {entry.name} "
+            f"({size_mb} MB)", "path": str(target_dir)}
+
+
+def _verified_against(entry: ModelEntry) -> list[str]:
+    checks = [f"{kind} (catalogue)" for kind, value in (("sha256", entry.sha256), ("md5", entry.md5)) if value]
+    if entry.kind == "hub" and entry.revision:
+        checks.append(f"revision {entry.revision} (catalogue): each file's sha256 from its listing")
+    return checks
+
+
+def _download_zip(entry: ModelEntry, root: Path, target_dir: Path, progress: Progress,
+                  unverified: bool) -> dict[str, Any]:
+    from ..models.diffusion.layout import find_layout
+    from .archives import extract_zip
+    from .zenodo import record_file, zenodo_hosts
+
+    hosts = zenodo_hosts(entry.hosts)
+    remote = record_file(entry.source, key=entry.zenodo_key, hosts=hosts)
+    for what, pinned, published in (("md5", entry.md5, remote.md5), ("size", entry.size_b, remote.size_b)):
+        if pinned and published and pinned != published:
+            raise UserError(f"The Zenodo record of {entry.name} now publishes another {what} ({published}) than "
+                            f"Terrafuse's catalogue pins ({pinned}): the file changed; nothing was downloaded")
+    checks = Checksums(sha256=entry.sha256, md5=entry.md5)
+    # Unverified: the reply's md5 still catches a transfer gone wrong, though it proves nothing about the source.
+    sha256 = download_file(remote.url, target_dir / entry.filename,
+                           checksums=checks if checks else Checksums(md5=remote.md5),
+                           size_b=entry.size_b or remote.size_b or None, progress=progress, label=entry.filename,
+                           hosts=hosts, unverified=not checks)
+    target = target_dir / entry.filename
+    progress.update(0, 1, f"extracting {entry.filename}")
+    try:
+        extracted = extract_zip(target)  # refuses unsafe or corrupt archives
+        find_layout(extracted)  # and anything that is not a diffusers model
+    except UserError:
+        target.unlink()  # verified bytes that are no model: nothing is installed
+        raise
+    record_installed(entry.name, {"path": str(target), "sha256": sha256, "md5": entry.md5 or remote.md5,
+                                  "source_url": remote.url, "licence": remote.licence or entry.licence,
+                                  "installed_by": "download", "verified_against": _verified_against(entry),
+                                  "unverified": not checks}, root)
+    message = "downloaded, verified and extracted" if checks else "downloaded UNVERIFIED (no checksum pinned)"
+    return {**describe(entry, root), "extracted": str(extracted), "message": message, "unverified": not checks}
+
+
+def _download_hub(entry: ModelEntry, root: Path, target_dir: Path, progress: Progress,
+                  unverified: bool) -> dict[str, Any]:
     from .huggingface import fetch_snapshot
 
     cache = target_dir / "huggingface" if target_dir != models_dir() else None
-    folder = fetch_snapshot(entry.source, allow_patterns=entry.allow_patterns, ignore_patterns=("*.fp16.*",),
-                            offline=False, cache_dir=cache, progress=progress)
+    folder = fetch_snapshot(entry.source, revision=entry.revision, allow_patterns=entry.allow_patterns,
+                            ignore_patterns=("*.fp16.*",), offline=False, cache_dir=cache, progress=progress)
+    checked, problems = _verify_hub_snapshot(folder)
+    if problems or not checked:
+        raise UserError(f"{entry.name} was downloaded but does not verify: "
+                        + ("; ".join(problems[:5]) or "no file carries a sha256") + "; it is not installed")
+    if entry.revision and folder.name != entry.revision:
+        raise UserError(f"The hub answered revision {folder.name} for {entry.name}, not the pinned {entry.revision}")
     record_installed(entry.name, {"path": str(folder), "revision": folder.name, "installed_by": "download",
-                                  "licence": entry.licence}, root)
-    return {**describe(entry, root), "message": "downloaded (the hub checks each file's sha256)"}
+                                  "licence": entry.licence, "verified_against": _verified_against(entry),
+                                  "unverified": not entry.revision, "files_checked": checked}, root)
+    message = (f"downloaded at the pinned revision; {checked} files verified" if entry.revision
+               else f"downloaded UNVERIFIED (no revision pinned; {checked} files match the hub's listing)")
+    return {**describe(entry, root), "message": message, "unverified": not entry.revision}
 
 
 def _verify_hub_snapshot(folder: Path) -> tuple[int, list[str]]:
@@ -217,6 +316,8 @@ def action_verify(entry: ModelEntry, root: Path, progress: Progress) -> dict[str
         for where, sha in (("the catalogue", entry.sha256), ("the download or import", record.get("sha256"))):
             if sha and sha != actual_sha:
                 problems.append(f"{path.name}: sha256 {actual_sha[:16]}... differs from {where}'s {sha[:16]}...")
+        if entry.md5 and _md5(path) != entry.md5:
+            problems.append(f"{path.name}: md5 differs from the catalogue's {entry.md5}")
         if not entry.sha256 and not record.get("sha256"):
             problems.append(f"{path.name}: no sha256 to compare with (it was put there by hand); import it")
     elif record.get("files"):
@@ -230,7 +331,8 @@ def action_verify(entry: ModelEntry, root: Path, progress: Progress) -> dict[str
             problems.append(f"{path}: no file with a known sha256")
     if problems:
         raise UserError(f"{entry.name} failed verification ({len(problems)} problems): " + "; ".join(problems[:5]))
-    return {**describe(entry, root), "verified": True, "files_checked": checked}
+    return {**describe(entry, root), "verified": True, "files_checked": checked,
+            "unverified_source": bool(record.get("unverified"))}
 
 
 def _import_skysense(entry: ModelEntry, source: Path, root: Path, progress: Progress) -> dict[str, Any]:
@@ -320,7 +422,7 @@ def run_models(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     if action == "info":
         return action_info(entry, root, offline)
     if action == "download":
-        return action_download(entry, root, target_dir, progress, offline)
+        return action_download(entry, root, target_dir, progress, offline, bool(params.get("unverified")))
     if action == "verify":
         return action_verify(entry, root, progress)
     return action_import(entry, Path(params["path"]) if params.get("path") else None, root, progress, offline)

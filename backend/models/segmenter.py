@@ -13,7 +13,6 @@ import datetime
 import json
 import logging
 import os
-import shutil
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -26,6 +25,7 @@ from .. import __version__
 from ..errors import UserError
 from .fusion import FEATURE_INFO_KEYS, FeatureFusion, create_fusion
 from .heads import Head, create_head
+from .saved_folder import save_model_folder
 
 if TYPE_CHECKING:
     from .diffusion import DiffusionBackbone, DiffusionFeatureExtractor
@@ -167,24 +167,21 @@ class SatDiFuser(nn.Module):
         object.__setattr__(self, "extractor", extractor)
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``head.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete."""
+        """Write ``head.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete and
+        only when it is new, empty or a head folder Terrafuse wrote (its config's ``format`` marker)."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        if folder.exists() and not (folder / HEAD_CONFIG_NAME).is_file() and any(folder.iterdir()):
-            raise UserError(f"{folder} exists and is not a Terrafuse head folder; choose a new or empty folder")
         self.config.created = self.config.created or datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
         self.config.software = {"terrafuse": __version__, "torch": torch.__version__}
-        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(partial / HEAD_WEIGHTS_NAME), metadata={"format": "pt", "fusion": self.config.fusion,
-                                                                       "head": self.config.head})
-        (partial / HEAD_CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
-        replace_folder(partial, folder)
-        return folder
+
+        def fill(partial: Path) -> None:
+            save_file(state, str(partial / HEAD_WEIGHTS_NAME),
+                      metadata={"format": "pt", "fusion": self.config.fusion, "head": self.config.head})
+            (partial / HEAD_CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
+
+        return save_model_folder(folder, "head", fill)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str], backbone: DiffusionBackbone | None = None,
@@ -250,10 +247,3 @@ def check_feature_info(saved: Sequence[dict[str, Any]], current: Sequence[dict[s
                         f"({len(saved)} saved, {len(current)} now); the head needs its own backbone version")
 
 
-def replace_folder(new: Path, target: Path) -> None:
-    """Put the complete folder ``new`` at ``target``; an existing ``target`` is removed only afterwards."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)

@@ -8,8 +8,12 @@ the backbone's sha256, the timesteps, blocks and levels, the bands and their nor
 on a grid anchored to the raster (see :func:`backend.training.samples.grid_windows`), so a new label
 re-uses every tile already cached and only its own new tiles are computed.
 
-The folder is bounded in size: the least recently used tiles are evicted first. An index (JSON) keeps
-each entry's size and last access; entries are ordered from least to most recently used.
+The cache owns a subfolder of the folder it is given (``<folder>/terrafuse-features``, with its own
+index carrying a format marker), so pointing ``--cache-dir`` at a folder of one's own is safe: files there are
+never read, adopted or evicted. The subfolder is bounded in size: the least recently used tiles are evicted
+first, and only tiles the index says this cache wrote. The index (JSON) keeps each entry's size and last
+access; entries are ordered from least to most recently used. Tiles and the index are written under
+temporary names created exclusively (:mod:`backend.atomic_files`): a planted link is never followed.
 """
 
 from __future__ import annotations
@@ -17,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -26,11 +31,17 @@ import torch
 from rasterio.windows import Window
 from torch import Tensor
 
+from ..atomic_files import write_bytes, write_text
+from ..errors import UserError
 from ..hub.paths import cache_dir
 
-#: The folder under Terrafuse's cache dir that holds the tiles' features.
-FEATURES_SUBFOLDER = "features"
+#: The subfolder the cache owns in the folder it is given (by default Terrafuse's cache dir).
+FEATURES_SUBFOLDER = "terrafuse-features"
 INDEX_NAME = "index.json"
+#: The marker of the index: a subfolder whose index lacks it is not this cache's.
+INDEX_FORMAT = "terrafuse-feature-cache"
+#: What :meth:`FeatureCache.put` names a tile: its key, a sha256.
+_TILE_NAME = re.compile(r"^[0-9a-f]{64}\.safetensors$")
 #: Default size bound of the feature cache: a few hundred tiles of a 512 px backbone.
 DEFAULT_MAX_BYTES = 2 * 1024**3
 #: Bumped when the stored layout of features changes, so that old entries are never read.
@@ -63,38 +74,50 @@ class FeatureCache:
     """
 
     def __init__(self, folder: str | os.PathLike[str] | None = None, max_bytes: int = DEFAULT_MAX_BYTES) -> None:
-        self.folder = Path(folder) if folder is not None else cache_dir() / FEATURES_SUBFOLDER
+        self.folder = (Path(folder) if folder is not None else cache_dir()) / FEATURES_SUBFOLDER
         self.max_bytes = int(max_bytes)
+        if self.folder.is_symlink() or (self.folder.exists() and not self.folder.is_dir()):
+            raise UserError(f"{self.folder} is not a folder Terrafuse's feature cache made; choose another cache "
+                            "folder")
+        new = not self.folder.exists() or not any(self.folder.iterdir())
         self.folder.mkdir(parents=True, exist_ok=True)
         self.hits = self.misses = self.evicted = 0
-        self._entries = self._read_index()
         self._dirty = False
+        if new:
+            self._entries: dict[str, dict[str, Any]] = {}
+            self._dirty = True
+            self.flush()  # the index with its marker claims the subfolder
+        else:
+            self._entries = self._read_index()
 
     # -- index -------------------------------------------------------------------------------------
     def _path(self, key: str) -> Path:
         return self.folder / f"{key}.safetensors"
 
     def _read_index(self) -> dict[str, dict[str, Any]]:
-        """The index, reconciled with the folder: entries whose file is gone are dropped, files the index
-        does not know (another process wrote them) are added as least recently used."""
+        """The index, reconciled with the folder: entries whose file is gone are dropped, tiles named as
+        :meth:`put` names them that the index does not know (another Terrafuse process wrote them) are added as
+        least recently used. A subfolder without the index's marker is refused: it is not this cache's."""
         try:
             data = json.loads((self.folder / INDEX_NAME).read_text(encoding="utf-8"))
-            entries = {k: v for k, v in data.get("entries", {}).items() if isinstance(v, dict)}
-        except (OSError, ValueError, AttributeError):
-            entries = {}
-        present = {p.stem: p for p in self.folder.glob("*.safetensors")}
+        except (OSError, ValueError):
+            data = None
+        if not isinstance(data, dict) or data.get("format") != INDEX_FORMAT:
+            raise UserError(f"{self.folder} exists but is not Terrafuse's feature cache (no {INDEX_NAME} with its "
+                            "marker); nothing in it is used or removed. Choose another cache folder")
+        raw = data.get("entries") if isinstance(data.get("entries"), dict) else {}
+        entries = {k: v for k, v in raw.items() if isinstance(v, dict)}
+        present = {p.stem: p for p in self.folder.glob("*.safetensors") if p.is_file() and not p.is_symlink()}
         known = {k: v for k, v in entries.items() if k in present}
         unknown = {k: {"bytes": p.stat().st_size, "last_access": p.stat().st_mtime}
-                   for k, p in present.items() if k not in known}
+                   for k, p in present.items() if k not in known and _TILE_NAME.match(p.name)}
         return {**unknown, **known}
 
     def flush(self) -> None:
         """Write the index (atomically: a crash leaves the previous one)."""
         if not self._dirty:
             return
-        partial = self.folder / f".{INDEX_NAME}.{os.getpid()}"
-        partial.write_text(json.dumps({"entries": self._entries}), encoding="utf-8")
-        os.replace(partial, self.folder / INDEX_NAME)
+        write_text(self.folder / INDEX_NAME, json.dumps({"format": INDEX_FORMAT, "entries": self._entries}))
         self._dirty = False
 
     @property
@@ -119,7 +142,7 @@ class FeatureCache:
         from safetensors.torch import load_file
 
         path = self._path(key)
-        if key not in self._entries or not path.is_file():
+        if key not in self._entries or not path.is_file() or path.is_symlink():
             self.misses += 1
             return None
         try:
@@ -135,13 +158,10 @@ class FeatureCache:
 
     def put(self, key: str, tensors: Sequence[Tensor]) -> None:
         """Store a tile's features (renamed into place when complete), then evict down to the bound."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path = self._path(key)
-        partial = self.folder / f".{key}.{os.getpid()}.partial"
         state = {str(i): t.detach().to("cpu", STORED_DTYPE).contiguous() for i, t in enumerate(tensors)}
-        save_file(state, str(partial))
-        os.replace(partial, path)
+        path = write_bytes(self._path(key), save(state))
         self._touch(key, path.stat().st_size)
         self.evict(keep=key)
         self.flush()
@@ -158,6 +178,7 @@ class FeatureCache:
             self.evicted += 1
 
     def _remove(self, key: str) -> None:
-        self._entries.pop(key, None)
-        self._path(key).unlink(missing_ok=True)
+        """Forget ``key`` and delete its file: only keys of the index, in the cache's own subfolder."""
+        if self._entries.pop(key, None) is not None:
+            self._path(key).unlink(missing_ok=True)
         self._dirty = True

@@ -19,6 +19,8 @@ from .torch_build import TORCH_VERSION, TORCHVISION_VERSION, TorchBuild
 
 PLUGIN_ROOT = Path(__file__).resolve().parent.parent.parent
 REQUIREMENTS = PLUGIN_ROOT / "requirements" / "backend.txt"
+#: pip never builds a package from source (a source build runs the package's own code at install time).
+WHEELS_ONLY = ("--only-binary", ":all:")
 #: Packages that come with the chosen torch build, not from the pinned list (their pins are CUDA-specific).
 TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-[\w-]+|cuda-[\w-]+)==", re.IGNORECASE)
 MIN_PYTHON = (3, 9)
@@ -94,21 +96,23 @@ def install_commands(environment: BackendEnvironment, base_python: str, build: O
                      requirements: Path = REQUIREMENTS) -> List[List[str]]:
     """The commands that make the environment, in order (each an argument list, run without a shell).
 
-    ``build`` None leaves torch out (an environment that has it already, or a test).
+    ``build`` None leaves torch out (an environment that has it already, or a test). Every pip takes wheels
+    only (``--only-binary :all:``): nothing is built from source, so no package's build script runs.
     """
     python = str(environment.python)
     commands: List[List[str]] = []
     if not environment.exists:
         commands.append([base_python, "-m", "venv", str(environment.path)])
     if build is not None:
-        torch = [python, "-m", "pip", "install", f"torch=={TORCH_VERSION}", f"torchvision=={TORCHVISION_VERSION}"]
+        torch = [python, "-m", "pip", "install", *WHEELS_ONLY, f"torch=={TORCH_VERSION}",
+                 f"torchvision=={TORCHVISION_VERSION}"]
         if build.index_url:
             # torch and its CUDA libraries from PyTorch's index for that build; nothing else from there.
             torch += ["--index-url", build.index_url]
         commands.append(torch)
     rest = split_requirements(requirements.read_text(encoding="utf-8").splitlines())
     if rest:
-        commands.append([python, "-m", "pip", "install", *rest])
+        commands.append([python, "-m", "pip", "install", *WHEELS_ONLY, *rest])
     return commands
 
 

@@ -64,14 +64,14 @@ def test_diagnostics_are_one_click_and_copyable(plugin, qtbot, tmp_path, monkeyp
     (models / "head.safetensors").write_bytes(b"weights")
     monkeypatch.setattr(PluginSettings, "models_dir", property(lambda self: str(models)))
     with qtbot.waitSignal(dock.jobDone, timeout=TIMEOUT_MS) as done:
-        qtbot.mouseClick(dock.diagnosticsButton, Qt.LeftButton)
+        qtbot.mouseClick(dock.diagnosticsButton, Qt.MouseButton.LeftButton)
     report = done.args[1]["result"]["report"]
     for expected in ("## System", "QGIS: 3.22", "## Backend", "torch: 2.14.1", "head.safetensors  7 B  sha256",
                      "## Last worker errors"):
         assert expected in report
     dialog = dock.diagnostics_dialog
     assert dialog.isVisible()
-    qtbot.mouseClick(dialog.copy_button, Qt.LeftButton)
+    qtbot.mouseClick(dialog.copy_button, Qt.MouseButton.LeftButton)
     assert QApplication.clipboard().text() == report
     dialog.close()
     assert json.loads((Path(models) / ".terrafuse-sha256.json").read_text())

@@ -31,9 +31,9 @@ def test_the_cluster_address_reaches_the_segment_job(plugin, sample_layer, qtbot
     plugin.action.trigger()
     dock.backendGroup.setCollapsed(False)
     assert dock.clusterEdit.text() == ""
-    qtbot.mouseClick(dock.clusterEdit, Qt.LeftButton)
+    qtbot.mouseClick(dock.clusterEdit, Qt.MouseButton.LeftButton)
     qtbot.keyClicks(dock.clusterEdit, "ray://10.0.0.5:10001")
-    qtbot.keyClick(dock.clusterEdit, Qt.Key_Return)
+    qtbot.keyClick(dock.clusterEdit, Qt.Key.Key_Return)
     assert settings_module.PluginSettings().cluster_address == "ray://10.0.0.5:10001"
 
     dock.rasterCombo.setLayer(sample_layer)

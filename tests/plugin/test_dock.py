@@ -17,7 +17,7 @@ def canvas_point(iface, fx: float, fy: float) -> QPoint:
 
 def run_and_wait(dock, qtbot, button=None):
     with qtbot.waitSignal(dock.jobDone, timeout=JOB_TIMEOUT_MS) as blocker:
-        qtbot.mouseClick(button or dock.runButton, Qt.LeftButton)
+        qtbot.mouseClick(button or dock.runButton, Qt.MouseButton.LeftButton)
     return blocker.args
 
 
@@ -32,8 +32,8 @@ def test_inspect_a_drawn_polygon(plugin, iface, sample_layer, qtbot) -> None:
     viewport = iface.canvas.viewport()
     corners = [(0.25, 0.25), (0.75, 0.25), (0.75, 0.75), (0.25, 0.75)]
     for fx, fy in corners:
-        qtbot.mouseClick(viewport, Qt.LeftButton, pos=canvas_point(iface, fx, fy))
-    qtbot.mouseClick(viewport, Qt.RightButton, pos=canvas_point(iface, 0.25, 0.75))
+        qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=canvas_point(iface, fx, fy))
+    qtbot.mouseClick(viewport, Qt.MouseButton.RightButton, pos=canvas_point(iface, 0.25, 0.75))
     assert "Drawn polygon" in dock.areaLabel.text()
     assert not dock.drawAreaButton.isChecked()
     drawn = dock.current_area().geometry
@@ -62,9 +62,9 @@ def test_inspect_a_rectangle_drawn_by_dragging(plugin, iface, sample_layer, qtbo
     dock.set_task("inspect")
     dock.set_area_mode("rectangle")
     viewport = iface.canvas.viewport()
-    qtbot.mousePress(viewport, Qt.LeftButton, pos=canvas_point(iface, 0.4, 0.4))
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=canvas_point(iface, 0.4, 0.4))
     qtbot.mouseMove(viewport, pos=canvas_point(iface, 0.5, 0.5))
-    qtbot.mouseRelease(viewport, Qt.LeftButton, pos=canvas_point(iface, 0.6, 0.6))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=canvas_point(iface, 0.6, 0.6))
     assert "Drawn rectangle" in dock.areaLabel.text()
     job, outcome = run_and_wait(dock, qtbot)
     assert outcome["status"] == "ok", outcome
@@ -113,7 +113,7 @@ def test_an_area_outside_the_raster_gets_a_clear_message(plugin, iface, sample_l
 def test_running_without_a_raster_says_so(plugin, qtbot) -> None:
     dock = plugin.dock
     dock.rasterCombo.setLayer(None)
-    qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
     assert dock.statusLabel.text() == "Choose a raster layer first"
     assert dock.task is None
 
@@ -123,7 +123,7 @@ def test_drawing_is_needed_before_running_a_drawn_area(plugin, sample_layer, qtb
     dock.rasterCombo.setLayer(sample_layer)
     dock.set_task("inspect")
     dock.set_area_mode("polygon")
-    qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
     assert "Draw the area on the map first" in dock.statusLabel.text()
 
 

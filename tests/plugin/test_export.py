@@ -24,10 +24,10 @@ from tests.conftest import SAMPLE_SCENE
 
 
 def tile_png() -> bytes:
-    image = QImage(256, 256, QImage.Format_RGB32)
+    image = QImage(256, 256, QImage.Format.Format_RGB32)
     image.fill(QColor(40, 160, 60))
     buffer = QBuffer()
-    buffer.open(QIODevice.WriteOnly)
+    buffer.open(QIODevice.OpenModeFlag.WriteOnly)
     image.save(buffer, "PNG")
     return bytes(buffer.data())
 
@@ -109,7 +109,7 @@ def test_the_dock_exports_a_web_layer_before_the_job(plugin, tile_server, qtbot)
     dock.set_area_mode("layer")
     dock.areaLayerCombo.setLayer(fields)
     with qtbot.waitSignal(dock.jobDone, timeout=120_000) as done:
-        qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+        qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
     job, outcome = done.args
     assert outcome["status"] == "ok", outcome
     result = outcome["result"]

@@ -123,14 +123,14 @@ def test_the_dock_draws_labels_for_the_chosen_class(plugin, iface, sample_layer,
     def at(fx: float, fy: float) -> QPoint:
         return QPoint(int(viewport.width() * fx), int(viewport.height() * fy))
 
-    qtbot.mouseClick(dock.drawLabelPolygonButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.drawLabelPolygonButton, Qt.MouseButton.LeftButton)
     for fx, fy in ((0.3, 0.3), (0.4, 0.3), (0.4, 0.4)):
-        qtbot.mouseClick(viewport, Qt.LeftButton, pos=at(fx, fy))
-    qtbot.mouseClick(viewport, Qt.RightButton, pos=at(0.4, 0.4))
+        qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=at(fx, fy))
+    qtbot.mouseClick(viewport, Qt.MouseButton.RightButton, pos=at(0.4, 0.4))
     panel.select_class(0)
-    qtbot.mouseClick(dock.drawLabelPointButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.drawLabelPointButton, Qt.MouseButton.LeftButton)
     assert not dock.drawLabelPolygonButton.isChecked(), "one drawing tool at a time"
-    qtbot.mouseClick(viewport, Qt.LeftButton, pos=at(0.7, 0.7))
+    qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=at(0.7, 0.7))
     assert [dock.classList.item(i).text() for i in range(2)] == ["water  (1 label)", "marsh  (1 label)"]
     saved = reopen(labels.path)
     assert saved.counts() == {0: 1, 1: 1}

@@ -34,7 +34,7 @@ def tiny_backbone_folder(tmp_path_factory) -> Path:
 
 def run_and_wait(dock, qtbot):
     with qtbot.waitSignal(dock.jobDone, timeout=JOB_TIMEOUT_MS) as blocker:
-        qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+        qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
     return blocker.args
 
 
@@ -64,8 +64,9 @@ def test_label_train_and_map(plugin, iface, sample_layer, qtbot, tmp_path, tiny_
     assert dock.options_form.values()["model"] == str(tmp_path / "head"), "the new head is offered"
     dock.set_area_mode("rectangle")
     viewport = iface.canvas.viewport()
-    qtbot.mousePress(viewport, Qt.LeftButton, pos=QPoint(int(viewport.width() * 0.3), int(viewport.height() * 0.3)))
-    qtbot.mouseRelease(viewport, Qt.LeftButton, pos=QPoint(int(viewport.width() * 0.7), int(viewport.height() * 0.7)))
+    width, height = viewport.width(), viewport.height()
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=QPoint(int(width * 0.3), int(height * 0.3)))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=QPoint(int(width * 0.7), int(height * 0.7)))
     job, outcome = run_and_wait(dock, qtbot)
     assert (job, outcome["status"]) == ("segment", "ok"), outcome
     group = QgsProject.instance().layerTreeRoot().children()[0]

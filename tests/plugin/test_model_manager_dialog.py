@@ -54,7 +54,7 @@ def manager(plugin, qtbot, tmp_path):
     """The dialog opened from the dock's Models button, with its folder set to a fresh one."""
     dock = plugin.dock
     plugin.action.trigger()
-    qtbot.mouseClick(dock.modelsButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.modelsButton, Qt.MouseButton.LeftButton)
     dialog = dock.model_manager
     assert dialog is not None
     assert dialog.isVisible()
@@ -101,7 +101,7 @@ def test_download_shows_the_record_first_then_installs_and_verifies(manager, qtb
 
     def answer(parent, title, text, *args):
         asked.append(text)
-        return QMessageBox.Yes
+        return QMessageBox.StandardButton.Yes
 
     monkeypatch.setattr(QMessageBox, "question", answer)
     with StandInFileServer({"DiffusionSat_512.zip": data}, records={"13751498": ["DiffusionSat_512.zip"]},
@@ -113,23 +113,25 @@ def test_download_shows_the_record_first_then_installs_and_verifies(manager, qtb
         dialog.progressBar.valueChanged.connect(progress.append)
         with qtbot.waitSignal(dialog.actionDone, timeout=JOB_TIMEOUT_MS,
                               check_params_cb=lambda action, outcome: action == "download") as done:
-            qtbot.mouseClick(dialog.downloadButton, Qt.LeftButton)
+            qtbot.mouseClick(dialog.downloadButton, Qt.MouseButton.LeftButton)
     assert done.args[1]["status"] == "ok", done.args
     # Before anything was fetched the user saw the source, the size of the record and its licence.
     assert len(asked) == 1
     assert "zenodo.org/records/13751498" in asked[0]
     assert f"{len(data) / 1e6:.1f} MB" in asked[0]
     assert "cc-by-4.0" in asked[0]
+    assert "Unverified" in asked[0]  # the catalogue pins no checksum for it: the user is told before agreeing
     archive = folder / "diffusionsat_512.zip"
     assert archive.read_bytes() == data
     manifest = json.loads((folder / "terrafuse_models.json").read_text())
     assert manifest["diffusionsat-512"]["sha256"] == hashlib.sha256(data).hexdigest()
+    assert manifest["diffusionsat-512"]["unverified"] is True
     assert dialog.table.item(row_of(dialog, "diffusionsat-512"), 3).text() == "yes"
     assert any(0 < value < 100 for value in progress)
     assert dialog.progressBar.value() == 100
 
     with qtbot.waitSignal(dialog.actionDone, timeout=JOB_TIMEOUT_MS) as verified:
-        qtbot.mouseClick(dialog.verifyButton, Qt.LeftButton)
+        qtbot.mouseClick(dialog.verifyButton, Qt.MouseButton.LeftButton)
     assert verified.args[1]["status"] == "ok"
     assert verified.args[1]["result"]["verified"]
     assert "verified" in dialog.statusLabel.text()
@@ -138,18 +140,18 @@ def test_download_shows_the_record_first_then_installs_and_verifies(manager, qtb
 def test_a_download_is_cancelled_in_the_middle(manager, qtbot, monkeypatch):
     dialog, folder = manager
     payload = bytes(range(256)) * (4 * 4096)  # 4 MB, sent in 32 kB pieces every 50 ms
-    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.Yes)
+    monkeypatch.setattr(QMessageBox, "question", lambda *args: QMessageBox.StandardButton.Yes)
     with SlowFileServer({"d256.zip": payload}, records={"13756199": ["d256.zip"]}) as server:
         dialog.client.set_env("TERRAFUSE_ZENODO_URL", server.endpoint)
         dialog.select("diffusionsat-256")
         with qtbot.waitSignal(dialog.actionDone, timeout=JOB_TIMEOUT_MS,
                               check_params_cb=lambda action, outcome: action == "download") as done:
-            qtbot.mouseClick(dialog.downloadButton, Qt.LeftButton)
+            qtbot.mouseClick(dialog.downloadButton, Qt.MouseButton.LeftButton)
             qtbot.waitUntil(lambda: dialog.task is not None and dialog.task.job == "models"
                             and dialog.task.params.get("action") == "download"
                             and 0 < dialog.progressBar.value() < 100, timeout=JOB_TIMEOUT_MS)
             assert dialog.cancelButton.isEnabled()
-            qtbot.mouseClick(dialog.cancelButton, Qt.LeftButton)
+            qtbot.mouseClick(dialog.cancelButton, Qt.MouseButton.LeftButton)
     assert done.args[1]["status"] == "cancelled", done.args
     assert "cancelled" in dialog.statusLabel.text()
     assert not (folder / "diffusionsat_256.zip").exists()  # only a partial file, kept for a resume

@@ -21,7 +21,7 @@ def test_prototype_map_of_the_sample(plugin, iface, sample_layer, qtbot, tmp_pat
     form.set_value("grid_gsd_m", 80.0)
     form.set_value("out", str(tmp_path / "prototypes"))
     with qtbot.waitSignal(dock.jobDone, timeout=300_000) as done:
-        qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+        qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
     job, outcome = done.args
     assert (job, outcome["status"]) == ("prototypes", "ok"), outcome
     group = QgsProject.instance().layerTreeRoot().children()[0]

@@ -86,7 +86,7 @@ def run_segment(dock, qtbot, layer: QgsRasterLayer, head: Path, out: Path, on_pr
     dock.options_form.set_value("model", str(head))
     dock.options_form.set_value("out", str(out))
     with qtbot.waitSignal(dock.jobDone, timeout=JOB_TIMEOUT_MS) as blocker:
-        qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+        qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
         if on_progress is not None:
             dock.task.progressMessage.connect(on_progress)
     job, outcome = blocker.args
@@ -141,7 +141,7 @@ def test_bad_input_and_a_cancel_leave_a_message_and_nothing_written(plugin, file
 
     def cancel_at_the_first_tile(done: int, total: int, message: str, left_s: float) -> None:
         if message.startswith("tile") and dock.task is not None:
-            qtbot.mouseClick(dock.cancelButton, Qt.LeftButton)
+            qtbot.mouseClick(dock.cancelButton, Qt.MouseButton.LeftButton)
 
     outcome = run_segment(dock, qtbot, add_raster(files / "large.tif"), head, tmp_path / "cancelled",
                           cancel_at_the_first_tile)

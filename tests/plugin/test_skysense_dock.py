@@ -53,7 +53,7 @@ def read_series(dock, qtbot, paths, modality=None):
 def run_and_wait(dock, qtbot):
     with qtbot.waitSignal(dock.jobDone, timeout=JOB_TIMEOUT_MS,
                           check_params_cb=lambda job, _outcome: job != "series") as blocker:
-        qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+        qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
     return blocker.args
 
 
@@ -78,7 +78,7 @@ def test_date_table_reads_dates_and_flags_missing_ones(plugin, qtbot, tmp_path) 
     assert table.date_text(rows["scene_c.tif"]) == ""
     assert "no date" in table.row_problem(rows["scene_c.tif"])
 
-    qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
     assert dock.task is None, "nothing runs with a date missing"
     assert "scene_c.tif: no date" in dock.statusLabel.text()
 
@@ -106,7 +106,7 @@ def test_date_table_flags_grids_that_do_not_match_and_bad_bands(plugin, qtbot, t
     assert "lacks the bands" in table.row_problem(rows["S2_20230610.tif"])
     assert any("do not overlap" in p for p in table.problems)
     assert "do not overlap" in table.statusLabel.text()
-    qtbot.mouseClick(dock.runButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.runButton, Qt.MouseButton.LeftButton)
     assert dock.task is None
     assert "Fix the inputs first" in dock.statusLabel.text()
 
@@ -181,14 +181,14 @@ def test_train_classify_and_identify_prototypes(plugin, iface, sample_layer, qtb
 
     # Identify: a click in the middle of the map lists every prototype of the region, best first.
     qtbot.waitUntil(lambda: dock.identifyPrototypeButton.height() > 0)  # the group opened with the new map
-    qtbot.mouseClick(dock.identifyPrototypeButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.identifyPrototypeButton, Qt.MouseButton.LeftButton)
     assert iface.canvas.mapTool() is dock._identify_tool
     identified = []
     dock._identify_tool.identified.connect(identified.append)
     viewport = iface.canvas.viewport()
     centre = QPoint(viewport.width() // 2, viewport.height() // 2)
-    qtbot.mousePress(viewport, Qt.LeftButton, pos=centre)
-    qtbot.mouseRelease(viewport, Qt.LeftButton, pos=centre)
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=centre)
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=centre)
     assert len(identified) == 1
     info = identified[0]
     assert info is not None
@@ -206,5 +206,5 @@ def test_train_classify_and_identify_prototypes(plugin, iface, sample_layer, qtb
     assert f"region {info['region']}" in dock.identify_panel.browser.toPlainText()
     dock.grab().save(str(tmp_path / "dock.png"))
     dock.identify_panel.grab().save(str(tmp_path / "identify.png"))
-    qtbot.mouseClick(dock.identifyPrototypeButton, Qt.LeftButton)
+    qtbot.mouseClick(dock.identifyPrototypeButton, Qt.MouseButton.LeftButton)
     assert iface.canvas.mapTool() is not dock._identify_tool

@@ -31,7 +31,7 @@ def test_commands_install_only_into_the_new_environment(tmp_path) -> None:
     commands = install_commands(env, "/usr/bin/python3", build_for("cu128", "test"))
     assert commands[0] == ["/usr/bin/python3", "-m", "venv", str(env.path)]
     for command in commands[1:]:
-        assert command[:4] == [str(env.python), "-m", "pip", "install"]
+        assert command[:6] == [str(env.python), "-m", "pip", "install", "--only-binary", ":all:"]
     torch = commands[1]
     assert "torch==2.14.1" in torch
     assert torch[-2:] == ["--index-url", "https://download.pytorch.org/whl/cu128"]

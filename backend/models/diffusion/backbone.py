@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -63,6 +63,8 @@ class DiffusionBackbone:
     metadata_embedding: MetadataEmbedding | None = None
     metadata_zero_term: Tensor | None = None
     prompt: str = SATELLITE_PROMPT
+    # How the model manager installed it (verified against what, or accepted unverified), when it did.
+    install: dict[str, Any] = field(default_factory=dict)
     # How the modules run now (set by fast_path.prepare_backbone): NHWC weights, compiled blocks.
     channels_last: bool = False
     compiled: CompiledBlocks | None = None
@@ -99,7 +101,8 @@ class DiffusionBackbone:
                 "unet_choice": self.unet_choice,
                 "metadata_embedding": (f"{embedding.num_metadata} MLPs (DiffusionSat), zeros folded into the time "
                                        "embedding" if self.metadata_zero_term is not None else
-                                       f"{embedding.num_metadata} MLPs (DiffusionSat)") if embedding else "none"}
+                                       f"{embedding.num_metadata} MLPs (DiffusionSat)") if embedding else "none",
+                **({"backbone_install": dict(self.install)} if self.install else {})}
 
 
 def read_scheduler(path: Path) -> tuple[dict[str, Any], Tensor, str]:

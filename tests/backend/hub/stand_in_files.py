@@ -4,6 +4,7 @@
 content link); ``GET /files/{name}`` serves bytes, honouring ``Range: bytes=N-`` with 206 and
 Content-Range. ``cut_after[name] = [n1, n2, ...]``: the next requests of ``name`` send only that many
 body bytes (after the announced Content-Length) and close the connection, as a dropped link does.
+``redirects[name] = url``: ``GET /files/{name}`` answers 302 to ``url`` (another server, another scheme).
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ class StandInFileServer:
         self.licence = licence
         self.honour_range = honour_range
         self.cut_after: dict[str, list[int]] = {}
+        self.redirects: dict[str, str] = {}
         self.requests: list[dict[str, str]] = []
         server = self
 
@@ -78,6 +80,8 @@ class StandInFileServer:
                      for name in self.records[record]]
             body = json.dumps({"id": record, "files": files, "metadata": {"license": {"id": self.licence}}})
             self._send(request, 200, body.encode(), "application/json")
+        elif path.startswith("/files/") and path[len("/files/"):] in self.redirects:
+            self._send(request, 302, b"", "text/plain", {"Location": self.redirects[path[len("/files/"):]]})
         elif path.startswith("/files/") and path[len("/files/"):] in self.files:
             self._file(request, path[len("/files/"):])
         else:

@@ -186,5 +186,5 @@ def test_saving_over_a_head_replaces_it_and_refuses_other_folders(tmp_path: Path
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head"]  # no partial or old folder left
     (tmp_path / "photos").mkdir()
     (tmp_path / "photos" / "cat.jpg").write_bytes(b"")
-    with pytest.raises(UserError, match="not a Terrafuse head folder"):
+    with pytest.raises(UserError, match="holds files Terrafuse did not write"):
         model.save_pretrained(tmp_path / "photos")

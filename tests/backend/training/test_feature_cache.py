@@ -1,8 +1,10 @@
 """The on-disk feature cache: hits and misses, keys that change with what the features depend on, the
-size bound with least-recently-used eviction, and an index that survives the process."""
+size bound with least-recently-used eviction, an index that survives the process, and a subfolder of its own:
+a user's files in the cache folder are never adopted, evicted or written through."""
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -10,7 +12,8 @@ import pytest
 import torch
 from rasterio.windows import Window
 
-from backend.training.feature_cache import FeatureCache, raster_identity, tile_key
+from backend.errors import UserError
+from backend.training.feature_cache import FEATURES_SUBFOLDER, FeatureCache, raster_identity, tile_key
 
 CONFIG = {"backbone_sha256": "a" * 64, "timesteps": [1, 100], "blocks": ["resnet", "attn1"], "levels": [0, 1, 2, 3],
           "bands": [3, 2, 1], "band_low": [0.0] * 3, "band_high": [1.0] * 3}
@@ -65,7 +68,8 @@ def test_the_least_recently_used_tiles_are_evicted_at_the_size_bound(tmp_path: P
     assert "c" in cache
     assert cache.evicted == 1
     assert cache.total_bytes <= cache.max_bytes
-    assert sorted(p.stem for p in (tmp_path / "cache").glob("*.safetensors")) == ["a", "c"]
+    assert sorted(p.stem for p in cache.folder.glob("*.safetensors")) == ["a", "c"]
+    assert cache.folder == tmp_path / "cache" / FEATURES_SUBFOLDER
 
 
 def test_a_tile_larger_than_the_bound_is_not_kept(tmp_path: Path) -> None:
@@ -91,9 +95,9 @@ def test_the_index_and_its_order_survive_the_process(tmp_path: Path) -> None:
 def test_a_corrupt_file_is_a_miss_and_is_removed(tmp_path: Path) -> None:
     cache = FeatureCache(tmp_path)
     cache.put("a", features(0))
-    (tmp_path / "a.safetensors").write_bytes(b"not safetensors")
+    (cache.folder / "a.safetensors").write_bytes(b"not safetensors")
     assert cache.get("a") is None
-    assert not (tmp_path / "a.safetensors").exists()
+    assert not (cache.folder / "a.safetensors").exists()
 
 
 @pytest.mark.parametrize("max_bytes", [0])
@@ -101,3 +105,66 @@ def test_a_zero_bound_caches_nothing(tmp_path: Path, max_bytes: int) -> None:
     cache = FeatureCache(tmp_path, max_bytes=max_bytes)
     cache.put("a", features(0))
     assert cache.get("a") is None
+
+
+def users_files(folder: Path) -> dict[str, bytes]:
+    """A user's own models and notes in the folder given as --cache-dir."""
+    folder.mkdir(parents=True, exist_ok=True)
+    files = {"my_model.safetensors": os.urandom(50_000), f"{'ab' * 32}.safetensors": os.urandom(50_000),
+             "index.json": b'{"entries": {"my_model": {"bytes": 1, "last_access": 0}}}', "notes.txt": b"mine"}
+    for name, data in files.items():
+        (folder / name).write_bytes(data)
+    return files
+
+
+def test_a_users_files_in_the_cache_folder_are_never_adopted_or_evicted(tmp_path: Path) -> None:
+    before = users_files(tmp_path)
+    cache = FeatureCache(tmp_path, max_bytes=1)  # a bound that evicts everything it may
+    assert len(cache) == 0
+    cache.put("a" * 64, features(0))
+    cache.evict()
+    cache.flush()
+    again = FeatureCache(tmp_path, max_bytes=1)
+    again.evict()
+    assert len(again) == 0
+    assert {name: (tmp_path / name).read_bytes() for name in before} == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([*before, FEATURES_SUBFOLDER])
+
+
+def test_only_tiles_the_cache_wrote_are_evicted(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    cache.put("a" * 64, features(0))
+    planted = cache.folder / "user.safetensors"  # a file someone put into the cache's own subfolder
+    planted.write_bytes(b"mine")
+    again = FeatureCache(tmp_path, max_bytes=0)
+    assert len(again) == 1
+    again.evict()
+    assert not (again.folder / f"{'a' * 64}.safetensors").exists()
+    assert planted.read_bytes() == b"mine"
+
+
+def test_a_subfolder_that_is_not_the_caches_is_refused_untouched(tmp_path: Path) -> None:
+    foreign = tmp_path / FEATURES_SUBFOLDER
+    before = users_files(foreign)
+    with pytest.raises(UserError, match="not Terrafuse's feature cache"):
+        FeatureCache(tmp_path, max_bytes=0)
+    assert {name: (foreign / name).read_bytes() for name in before} == before
+    link_root = tmp_path / "elsewhere"
+    link_root.mkdir()
+    (link_root / FEATURES_SUBFOLDER).symlink_to(foreign, target_is_directory=True)
+    with pytest.raises(UserError, match="not a folder Terrafuse's feature cache made"):
+        FeatureCache(link_root)
+
+
+def test_planted_links_at_temporary_and_tile_names_are_never_written_through(tmp_path: Path) -> None:
+    cache = FeatureCache(tmp_path)
+    victim = tmp_path / "victim.safetensors"
+    victim.write_bytes(b"the user's weights")
+    key = "c" * 64
+    for name in (f".{key}.{os.getpid()}.partial", f".index.json.{os.getpid()}", f"{key}.safetensors"):
+        (cache.folder / name).symlink_to(victim)
+    cache.put(key, features(1))
+    assert victim.read_bytes() == b"the user's weights"
+    assert not (cache.folder / f"{key}.safetensors").is_symlink()
+    assert cache.get(key) is not None
+    assert json.loads((cache.folder / "index.json").read_text())["format"] == "terrafuse-feature-cache"
