@@ -505,7 +505,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             cursor = self.resultBrowser.textCursor()
             cursor.movePosition(QTextCursor.MoveOperation.Start)
             cursor.insertHtml(block)
-        self.iface.messageBar().pushMessage("Terrafuse", warnings[0], level=Qgis.Warning, duration=10)
+        self.iface.messageBar().pushMessage("Terrafuse", warnings[0], level=Qgis.MessageLevel.Warning, duration=10)
 
     def zoom_to_most_uncertain(self) -> None:
         if not self.most_uncertain:
