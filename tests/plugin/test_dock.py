@@ -134,4 +134,5 @@ def test_check_backend_shows_the_device_and_its_speed(plugin, qtbot) -> None:
     assert dock.backendLabel.text().startswith(("CPU:", "GPU:"))
     assert "torch" in dock.backendLabel.text()
     assert "GFLOP/s" in dock.backendLabel.text()
-    assert "resnet18 forward" in dock.resultBrowser.toPlainText()
+    assert "resnet18 forward" in dock.backendBrowser.toPlainText(), "in the Backend section's own pane"
+    assert dock.resultBrowser.toPlainText() == "", "never over a task's result"

@@ -69,7 +69,7 @@ def test_label_train_and_map(plugin, iface, sample_layer, qtbot, tmp_path, tiny_
     job, outcome = run_and_wait(dock, qtbot)
     assert (job, outcome["status"]) == ("segment", "ok"), outcome
     group = QgsProject.instance().layerTreeRoot().children()[0]
-    assert group.name().startswith("Map land cover with a trained head — head — ")
+    assert group.name().startswith("Land cover · head · ")
     layers = {node.layer().name(): node.layer() for node in group.findLayers()}
     classes = next(layer for layer in layers.values() if layer.type() == layer.RasterLayer)
     assert classes.renderer().type() == "paletted"
