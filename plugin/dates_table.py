@@ -1,7 +1,9 @@
 """The SkySense inputs as a table: one row per raster (file, modality, date, where the date came from, check).
 
-The user adds files or the layers selected in the layer tree; the modality is guessed from the band count
-(2: Sentinel-1, 10 or more: Sentinel-2, else high resolution) and can be changed; the dates and the checks
+The user adds files or the layers selected in the layer tree; the modality is guessed from the band
+descriptions (B02, B8A...: Sentinel-2; VV, VH: Sentinel-1), else from the band count (2: Sentinel-1, 10 or more:
+Sentinel-2, else high resolution) and can be changed; file names are elided in the middle (the whole path in
+the tooltip) so that the table fits the dock; the dates and the checks
 come from the backend's ``series`` job (the same functions the SkySense jobs use, so that the table and
 the job never disagree), and every date can be edited. A series raster without a valid date is flagged
 in red, and :meth:`SeriesTable.job_params` refuses to run until it has one.
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from qgis.core import QgsRasterLayer
 from qgis.PyQt.QtCore import Qt, pyqtSignal
@@ -43,8 +46,19 @@ class InputsError(Exception):
     """What keeps the table's inputs from running, in words for the user."""
 
 
-def guess_modality(band_count: int) -> str:
-    """The modality a raster most likely is, from its band count (the user can change it)."""
+#: Sentinel-2 band names as descriptions spell them: B2, B02, B8A, B11 (with or without words after them).
+_S2_BAND = re.compile(r"^b(0?[1-9]|1[0-2]|8a)\b", re.IGNORECASE)
+_S1_BAND = re.compile(r"^(vv|vh|hh|hv)\b", re.IGNORECASE)
+
+
+def guess_modality(band_count: int, descriptions: Sequence[str] = ()) -> str:
+    """The modality a raster most likely is, from its band descriptions (B02... is Sentinel-2, VV/VH
+    Sentinel-1), else from its band count (the user can change it)."""
+    named = [d.strip() for d in descriptions if d and d.strip()]
+    if named and sum(bool(_S2_BAND.match(d)) for d in named) >= max(1, len(named) // 2 + 1):
+        return "s2"
+    if named and all(_S1_BAND.match(d) for d in named):
+        return "s1"
     if band_count == 2:
         return "s1"
     if band_count >= 10:
@@ -76,12 +90,17 @@ class SeriesTable(QWidget):
         self.table = QTableWidget(0, len(COLUMNS), self)
         self.table.setObjectName("seriesTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
-        self.table.setSelectionBehavior(QAbstractItemView.SelectRows)
+        self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.verticalHeader().hide()
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # the date and tile stay readable
+        self.table.setWordWrap(False)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # fits the dock
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(FILE, QHeaderView.Stretch)
-        for column in (MODALITY, DATE, SOURCE, CHECK):
-            header.setSectionResizeMode(column, QHeaderView.ResizeToContents)
+        header.setMinimumSectionSize(40)
+        header.setSectionResizeMode(FILE, QHeaderView.ResizeMode.Stretch)
+        header.setSectionResizeMode(CHECK, QHeaderView.ResizeMode.Stretch)
+        for column in (MODALITY, DATE, SOURCE):
+            header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
         self.table.setMinimumHeight(90)
         self.table.setMaximumHeight(170)
         self.table.itemChanged.connect(self._on_item_changed)
@@ -109,7 +128,7 @@ class SeriesTable(QWidget):
 
     # -- rows ---------------------------------------------------------------------------------
     def paths(self) -> List[str]:
-        return [self.table.item(row, FILE).data(Qt.UserRole) for row in range(self.table.rowCount())]
+        return [self.table.item(row, FILE).data(Qt.ItemDataRole.UserRole) for row in range(self.table.rowCount())]
 
     def add_paths(self, paths: List[str], modality: Optional[str] = None) -> None:
         """Add rasters (skipping those already in the table) and read their dates."""
@@ -121,7 +140,7 @@ class SeriesTable(QWidget):
                 if not path or path in known:
                     continue
                 known.add(path)
-                self._append_row(path, modality or guess_modality(_band_count(path)))
+                self._append_row(path, modality or guess_modality(*_bands(path)))
                 added = True
         finally:
             self._filling = False
@@ -132,11 +151,12 @@ class SeriesTable(QWidget):
         row = self.table.rowCount()
         self.table.insertRow(row)
         name = QTableWidgetItem(os.path.basename(path))
-        name.setData(Qt.UserRole, path)
+        name.setData(Qt.ItemDataRole.UserRole, path)
         name.setToolTip(path)
-        name.setFlags(name.flags() & ~Qt.ItemIsEditable)
+        name.setFlags(name.flags() & ~Qt.ItemFlag.ItemIsEditable)
         self.table.setItem(row, FILE, name)
         combo = QComboBox()
+        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         for key, label in MODALITIES:
             combo.addItem(label, key)
         combo.setCurrentIndex(combo.findData(modality))
@@ -145,7 +165,7 @@ class SeriesTable(QWidget):
         self.table.setItem(row, DATE, QTableWidgetItem(""))
         for column in (SOURCE, CHECK):
             item = QTableWidgetItem("")
-            item.setFlags(item.flags() & ~Qt.ItemIsEditable)
+            item.setFlags(item.flags() & ~Qt.ItemFlag.ItemIsEditable)
             self.table.setItem(row, column, item)
 
     def add_selected_layers(self) -> None:
@@ -189,7 +209,7 @@ class SeriesTable(QWidget):
     def series_params(self) -> Dict[str, Any]:
         params: Dict[str, Any] = {}
         for modality, rows in self.by_modality().items():
-            params[modality] = ",".join(self.table.item(r, FILE).data(Qt.UserRole) for r in rows)
+            params[modality] = ",".join(self.table.item(r, FILE).data(Qt.ItemDataRole.UserRole) for r in rows)
         return params
 
     def request_read(self) -> None:
@@ -206,14 +226,14 @@ class SeriesTable(QWidget):
         self._filling = True
         try:
             for row in range(self.table.rowCount()):
-                path = self.table.item(row, FILE).data(Qt.UserRole)
+                path = self.table.item(row, FILE).data(Qt.ItemDataRole.UserRole)
                 info = found.get((path, self.modality(row)))
                 if info is None:
                     continue
                 if not self.date_text(row) or self.table.item(row, SOURCE).text() != "edited":
                     self.set_date(row, info.get("date") or "")
                     self.table.item(row, SOURCE).setText(info.get("date_source") or "")
-                self.table.item(row, CHECK).setData(Qt.UserRole, info.get("problem") or "")
+                self.table.item(row, CHECK).setData(Qt.ItemDataRole.UserRole, info.get("problem") or "")
         finally:
             self._filling = False
         self.problems = [p for p in result.get("problems", []) if "without a date" not in p]
@@ -231,7 +251,7 @@ class SeriesTable(QWidget):
 
     def row_problem(self, row: int) -> str:
         """What is wrong with a row, '' when nothing: the backend's check first, then the date."""
-        problem = self.table.item(row, CHECK).data(Qt.UserRole) or ""
+        problem = self.table.item(row, CHECK).data(Qt.ItemDataRole.UserRole) or ""
         if problem:
             return problem
         text = self.date_text(row)
@@ -273,12 +293,16 @@ class SeriesTable(QWidget):
         for modality, rows in self.by_modality().items():
             if modality == "hr" and len(rows) > 1:
                 raise InputsError("Give one high-resolution image (a series is read for Sentinel-2 and Sentinel-1)")
-            params[modality] = ",".join(self.table.item(r, FILE).data(Qt.UserRole) for r in rows)
+            params[modality] = ",".join(self.table.item(r, FILE).data(Qt.ItemDataRole.UserRole) for r in rows)
             if modality != "hr":
                 params[f"{modality}_dates"] = ",".join(self.date_text(r) for r in rows)
         return params
 
 
-def _band_count(path: str) -> int:
+def _bands(path: str) -> Tuple[int, List[str]]:
+    """The band count and band descriptions of a raster (GDAL's, as QGIS names bands "Band 1: B02 blue")."""
     layer = QgsRasterLayer(path, "probe", "gdal")
-    return layer.bandCount() if layer.isValid() else 0
+    if not layer.isValid():
+        return 0, []
+    names = [layer.bandName(i) for i in range(1, layer.bandCount() + 1)]
+    return layer.bandCount(), [name.split(":", 1)[1].strip() if ":" in name else "" for name in names]
