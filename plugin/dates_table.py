@@ -23,9 +23,10 @@ from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFileDialog,
-    QHBoxLayout,
+    QGridLayout,
     QHeaderView,
     QLabel,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QToolButton,
@@ -105,7 +106,7 @@ class SeriesTable(QWidget):
         self.table.setMaximumHeight(170)
         self.table.itemChanged.connect(self._on_item_changed)
         layout.addWidget(self.table)
-        buttons = QHBoxLayout()
+        buttons = QGridLayout()
         self.addFilesButton = QToolButton(text="Add files…")
         self.addLayersButton = QToolButton(text="Add selected layers")
         self.removeButton = QToolButton(text="Remove")
@@ -115,8 +116,10 @@ class SeriesTable(QWidget):
                             (self.removeButton, "Remove the selected rows"),
                             (self.readButton, "Read the dates and check the rasters again")):
             button.setToolTip(tip)
-            buttons.addWidget(button)
-        buttons.addStretch(1)
+        for index, button in enumerate((self.addFilesButton, self.addLayersButton, self.removeButton,
+                                        self.readButton)):
+            button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+            buttons.addWidget(button, index // 2, index % 2)  # two by two: the table fits a narrow dock
         layout.addLayout(buttons)
         self.statusLabel = QLabel("")
         self.statusLabel.setWordWrap(True)

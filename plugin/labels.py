@@ -72,6 +72,11 @@ class LabelEntry:
     area_m2: float
 
 
+def is_null(value) -> bool:
+    """A missing attribute: None or QGIS's NULL (a null QVariant)."""
+    return value is None or (isinstance(value, QVariant) and value.isNull())
+
+
 def area_text(area_m2: float) -> str:
     """``850 m²``, ``1.2 ha``, ``3.4 km²``."""
     if area_m2 < 10_000:
@@ -174,7 +179,7 @@ class LabelsLayer:
         classes: Dict[str, LabelClass] = {}
         for feature in layer.getFeatures():
             value = feature[class_field]
-            if value is None or str(value).strip() == "" or not feature.hasGeometry():
+            if is_null(value) or str(value).strip() == "" or not feature.hasGeometry():
                 continue
             key = str(value).strip()
             if key not in classes:
@@ -345,10 +350,12 @@ class LabelsLayer:
         for feature in self.layer.getFeatures():
             geometry = feature.geometry()
             class_id = feature["class_id"]
-            class_id = int(class_id) if class_id is not None and str(class_id) != "NULL" else None
+            class_id = None if is_null(class_id) else int(class_id)
             shape = feature[SHAPE_FIELD] if has_shape else None
-            rows.append(LabelEntry(feature.id(), class_id, names.get(class_id, str(feature["class_name"] or "")),
-                                   str(shape) if shape else guess_shape(geometry), measure.measureArea(geometry)))
+            name = feature["class_name"]
+            rows.append(LabelEntry(feature.id(), class_id, names.get(class_id, "" if is_null(name) else str(name)),
+                                   guess_shape(geometry) if is_null(shape) or not shape else str(shape),
+                                   measure.measureArea(geometry)))
         return sorted(rows, key=lambda e: e.feature_id)
 
     @staticmethod

@@ -142,15 +142,15 @@ def identify_html(info: Optional[Dict[str, Any]], compact: bool = False) -> str:
         parts.append(f"<p>This cell: <b>prototype {best['index']}</b> (similarity {best['similarity']:.3f}){of_class}"
                      "</p>")
     has_head = info.get("has_head")
-    header = ["", "Prototype", "Similarity"] + ([] if compact else [""])
-    header += (["Nearest class"] + ([] if compact else ["Probability"]) if has_head else [])
+    header = ["", "#" if not compact else "Prototype", "Similarity"] + ([] if compact else [""])
+    header += (["Nearest class" if compact else "Class"] + ([] if compact else ["Prob."]) if has_head else [])
     header += [] if compact else ["Cells"]
     lines = ["<tr>" + "".join(f"<th align='left' nowrap>{h}</th>" for h in header) + "</tr>"]
     for row in rows[:5] if compact else rows:
         swatch = f"<span style='background-color:{html.escape(row['colour'])}'>&nbsp;&nbsp;&nbsp;&nbsp;</span>"
         cells = [swatch, f"{row['index']}", f"{row['similarity']:.3f}"]
         if not compact:
-            width = max(1, int(round(60 * max(0.0, row["similarity"]))))
+            width = max(1, int(round(40 * max(0.0, row["similarity"]))))
             cells.append(f"<table cellspacing='0' cellpadding='0'><tr><td width='{width}' bgcolor='#5b7db1'>"
                          "&nbsp;</td></tr></table>")
         if has_head:

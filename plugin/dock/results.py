@@ -88,9 +88,9 @@ def _pct(value: Any) -> str:
 
 
 def _scores_line(metrics: Dict[str, Any]) -> str:
-    return (f"mIoU {_score(metrics.get('miou'), metrics.get('miou_std'))} · macro F1 "
-            f"{_score(metrics.get('macro_f1'), metrics.get('macro_f1_std'))} · overall accuracy "
-            f"{_score(metrics.get('overall_accuracy'), metrics.get('overall_accuracy_std'))}")
+    return (f"Overall accuracy {_score(metrics.get('overall_accuracy'), metrics.get('overall_accuracy_std'))} · "
+            f"mIoU {_score(metrics.get('miou'), metrics.get('miou_std'))} · macro F1 "
+            f"{_score(metrics.get('macro_f1'), metrics.get('macro_f1_std'))}")
 
 
 def _how_validated(metrics: Dict[str, Any]) -> str:

@@ -39,13 +39,14 @@ def run_folder(job: str, stamp: Optional[str] = None) -> str:
 
 
 def run_folder_hint(job: str) -> str:
-    """The placeholder of an empty output folder: the new folder a run makes."""
-    return f"new: runs/{job}-<date-time> in your profile"
+    """The placeholder of an empty output folder: the new folder a run makes (in the profile's runs folder)."""
+    return f"new: {job}-<time>"
 
 
 def first_sentence(text: str) -> str:
-    head, dot, _ = text.partition(". ")
-    return head + ("." if dot or not head.endswith(".") else "")
+    """The task's help up to its first full stop or semicolon: one line under the task, the rest as tooltip."""
+    cut = min((i for i in (text.find(". "), text.find("; ")) if i >= 0), default=-1)
+    return text if cut < 0 else text[:cut] + "."
 
 
 class TaskSection(QObject):
@@ -93,6 +94,10 @@ class TaskSection(QObject):
         self.series_table.setVisible(skysense)
         supplied = DOCK_SUPPLIED + (SERIES_PARAMS if skysense else ())
         self.options_form = JobOptionsForm(spec, supplied, dock.optionsContainer, output_hint=run_folder_hint(job))
+        for param in spec.params:
+            if param.kind == "output_folder" and param.name in self.options_form.widgets:
+                widget = self.options_form.widgets[param.name]
+                widget.setToolTip(f"{widget.toolTip()}. Empty: a new folder in {os.path.dirname(run_folder(job))}")
         dock.optionsLayout.addWidget(self.options_form)
         last = self.last_skysense_model if spec.group == SKYSENSE_GROUP else self.last_head
         if last and "model" in self.options_form.widgets:
