@@ -10,6 +10,7 @@ An empty optional field means the job's default; an empty output folder, a new f
 
 from __future__ import annotations
 
+import re
 from typing import Any, Dict, Iterable, Optional
 
 from qgis.gui import QgsCollapsibleGroupBox, QgsFileWidget
@@ -38,9 +39,15 @@ def _file_widget(param: Param, output_hint: str) -> QgsFileWidget:
     elif param.kind == "output_file":
         widget.setStorageMode(QgsFileWidget.StorageMode.SaveFile)
     if param.kind.startswith("output"):
-        widget.lineEdit().setPlaceholderText(output_hint if param.required else NEW_FOLDER_HINT)
+        widget.lineEdit().setPlaceholderText(output_hint if param.required else optional_hint(param))
     widget.setMinimumWidth(80)  # the line edit shrinks, the "…" button stays: never wider than the dock
     return widget
+
+
+def optional_hint(param: Param) -> str:
+    """What an empty optional field means: the default its help names ("(default: <out>/preview)"), else none."""
+    match = re.search(r"\(default: ([^)]*)\)", param.help)
+    return f"default: {match.group(1)}" if match else "optional"
 
 
 def tooltip(param: Param) -> str:
