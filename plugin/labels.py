@@ -105,11 +105,11 @@ def guess_shape(geometry: QgsGeometry) -> str:
 
 def _fields(with_shape: bool = False) -> QgsFields:
     fields = QgsFields()
-    fields.append(QgsField("class_id", QVariant.Int))
-    fields.append(QgsField("class_name", QVariant.String))
-    fields.append(QgsField("colour", QVariant.String))
+    fields.append(QgsField("class_id", QVariant.Type.Int))
+    fields.append(QgsField("class_name", QVariant.Type.String))
+    fields.append(QgsField("colour", QVariant.Type.String))
     if with_shape:
-        fields.append(QgsField(SHAPE_FIELD, QVariant.String))
+        fields.append(QgsField(SHAPE_FIELD, QVariant.Type.String))
     return fields
 
 
@@ -119,7 +119,7 @@ def _write_table(path: str, table: str, geometry_type: QgsWkbTypes.Type, crs: Qg
     options.driverName = "GPKG"
     options.layerName = table
     if append:
-        options.actionOnExistingFile = QgsVectorFileWriter.CreateOrOverwriteLayer
+        options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
     writer = QgsVectorFileWriter.create(path, _fields(with_shape), geometry_type, crs,
                                         QgsProject.instance().transformContext(), options)
     if writer.hasError():

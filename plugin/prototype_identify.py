@@ -79,7 +79,7 @@ class PrototypeMap:
             point = QgsCoordinateTransform(crs, raster.crs(), QgsProject.instance()).transform(point)
         if not raster.extent().contains(point):
             return None
-        values = raster.dataProvider().identify(point, QgsRaster.IdentifyFormatValue).results()
+        values = raster.dataProvider().identify(point, QgsRaster.IdentifyFormat.IdentifyFormatValue).results()
         region_band = int(self.similarities["region_band"])
         nodata, scale = self.similarities["nodata"], float(self.similarities["scale"])
         region_value = values.get(region_band)

@@ -73,7 +73,7 @@ class JobTask(QgsTask):
     def _on_event(self, event: Dict[str, Any]) -> None:
         state: Optional[ProgressState] = self.tracker.event(event)
         if state is None:  # "started": the device is known before any step
-            state = ProgressState(0, "loading", None, None, None, self.tracker.device, "starting")
+            state = ProgressState(0, "", None, None, None, self.tracker.device, "starting")
         self.setProgress(float(state.percent))
         left_s = -1.0 if state.left_s is None else state.left_s
         self.progressMessage.emit(int(event.get("done", 0)), int(event.get("total", 0)), state.message, left_s)
@@ -83,6 +83,6 @@ class JobTask(QgsTask):
         if self._started_s is None:  # cancelled while still queued: run() never ran
             self.outcome = {"status": "cancelled", "message": "Cancelled before it started", "user_error": True}
         if not ok and self.outcome["status"] == "error":
-            level = Qgis.Warning if self.outcome.get("user_error") else Qgis.Critical
+            level = Qgis.MessageLevel.Warning if self.outcome.get("user_error") else Qgis.MessageLevel.Critical
             QgsMessageLog.logMessage(f"{self.job}: {self.outcome['message']}", LOG_TAG, level)
         self.jobFinished.emit(self.outcome)

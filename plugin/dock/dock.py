@@ -214,6 +214,8 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
     def _on_progress(self, state: ProgressState) -> None:
         if self.task is not None:
             self.status.progress(state)
+        if state.device and not self.backend.device:  # the Backend section knows the device without a check
+            self.backendLabel.setText(state.device)
 
     def _on_finished(self, job: str, outcome: Dict[str, Any]) -> None:
         self.task = None

@@ -48,21 +48,21 @@ def _definition(param: Param) -> QgsProcessingParameterDefinition:
     if param.kind == "raster":
         return QgsProcessingParameterRasterLayer(name, label, optional=optional)
     if param.kind == "vector":
-        return QgsProcessingParameterFeatureSource(name, label, [QgsProcessing.TypeVectorAnyGeometry],
+        return QgsProcessingParameterFeatureSource(name, label, [QgsProcessing.SourceType.TypeVectorAnyGeometry],
                                                    optional=optional)
     if param.kind == "file":
         return QgsProcessingParameterFile(name, label, optional=optional)
     if param.kind == "folder":
-        return QgsProcessingParameterFile(name, label, QgsProcessingParameterFile.Folder, optional=optional)
+        return QgsProcessingParameterFile(name, label, QgsProcessingParameterFile.Behavior.Folder, optional=optional)
     if param.kind == "output_folder":
         return QgsProcessingParameterFolderDestination(name, label, optional=optional)
     if param.kind == "output_file":
         return QgsProcessingParameterFileDestination(name, label, optional=optional)
     if param.kind == "int":
-        return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Integer, default,
+        return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Type.Integer, default,
                                             optional=optional)
     if param.kind == "float":
-        return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Double, default,
+        return QgsProcessingParameterNumber(name, label, QgsProcessingParameterNumber.Type.Double, default,
                                             optional=optional)
     if param.kind == "bool":
         return QgsProcessingParameterBoolean(name, label, bool(default), optional=optional)
