@@ -34,13 +34,15 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-#: (key, label) of the modalities, in the order of F_T (eq. 1 of the SkySense paper).
-MODALITIES = (("hr", "High resolution"), ("s2", "Sentinel-2"), ("s1", "Sentinel-1"))
+#: (key, label) of the modalities, in the order of F_T (eq. 1 of the SkySense paper); short, for a narrow dock.
+MODALITIES = (("hr", "High res."), ("s2", "Sentinel-2"), ("s1", "Sentinel-1"))
 #: The job parameters the table supplies (the options form leaves them out).
 SERIES_PARAMS = ("hr", "s2", "s2_dates", "s1", "s1_dates")
 COLUMNS = ("File", "Modality", "Date", "Found in", "Check")
 FILE, MODALITY, DATE, SOURCE, CHECK = range(len(COLUMNS))
 PROBLEM_COLOUR = QColor("#c62828")
+#: Where a date came from (the series job's ``date_source``), in words for the date's tooltip.
+DATE_SOURCES = {"filename": "the file name", "metadata": "the file's metadata", "given": "the job's parameters"}
 
 
 class InputsError(Exception):
@@ -87,7 +89,9 @@ class SeriesTable(QWidget):
         self._filling = False
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel("Inputs: one row per raster; dates are editable (YYYY-MM-DD)"))
+        intro = QLabel("Inputs: one row per raster; dates are editable (YYYY-MM-DD)")
+        intro.setWordWrap(True)  # never wider than the dock
+        layout.addWidget(intro)
         self.table = QTableWidget(0, len(COLUMNS), self)
         self.table.setObjectName("seriesTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
@@ -98,10 +102,12 @@ class SeriesTable(QWidget):
         self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # fits the dock
         header = self.table.horizontalHeader()
         header.setMinimumSectionSize(40)
-        header.setSectionResizeMode(FILE, QHeaderView.ResizeMode.Stretch)
-        header.setSectionResizeMode(CHECK, QHeaderView.ResizeMode.Stretch)
-        for column in (MODALITY, DATE, SOURCE):
+        header.setSectionResizeMode(FILE, QHeaderView.ResizeMode.Stretch)  # the file name gets what is left
+        for column in (MODALITY, DATE):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(CHECK, QHeaderView.ResizeMode.Fixed)
+        self.table.setColumnWidth(CHECK, 56)  # "OK" or the first words of a problem; the whole in its tooltip
+        self.table.setColumnHidden(SOURCE, True)  # where the date came from: the date's tooltip
         self.table.setMinimumHeight(90)
         self.table.setMaximumHeight(170)
         self.table.itemChanged.connect(self._on_item_changed)
@@ -159,7 +165,6 @@ class SeriesTable(QWidget):
         name.setFlags(name.flags() & ~Qt.ItemFlag.ItemIsEditable)
         self.table.setItem(row, FILE, name)
         combo = QComboBox()
-        combo.setSizeAdjustPolicy(QComboBox.SizeAdjustPolicy.AdjustToContents)
         for key, label in MODALITIES:
             combo.addItem(label, key)
         combo.setCurrentIndex(combo.findData(modality))
@@ -236,6 +241,9 @@ class SeriesTable(QWidget):
                 if not self.date_text(row) or self.table.item(row, SOURCE).text() != "edited":
                     self.set_date(row, info.get("date") or "")
                     self.table.item(row, SOURCE).setText(info.get("date_source") or "")
+                    source = info.get("date_source") or ""
+                    self.table.item(row, DATE).setToolTip(f"From {DATE_SOURCES.get(source, source)}" if source
+                                                          else "No date found: enter it (YYYY-MM-DD)")
                 self.table.item(row, CHECK).setData(Qt.ItemDataRole.UserRole, info.get("problem") or "")
         finally:
             self._filling = False
@@ -248,6 +256,7 @@ class SeriesTable(QWidget):
         self._filling = True
         try:
             self.table.item(item.row(), SOURCE).setText("edited")
+            item.setToolTip("Edited")
         finally:
             self._filling = False
         self.refresh_checks()

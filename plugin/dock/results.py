@@ -30,6 +30,7 @@ class ResultsPane(QObject):
         self.task = ""
         self.most_uncertain: Optional[Dict[str, Any]] = None
         self.uncertainty_layer = None  # the preview's uncertainty layer, shown when zooming
+        self.browser.setMinimumHeight(240)  # a training's scores without scrolling in the pane
         self.zoom_button.clicked.connect(self.zoom_to_most_uncertain)
         self.zoom_button.hide()
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import html
 import os
+import re
 import time
 from typing import Any, Dict, Optional
 
@@ -43,10 +44,14 @@ def run_folder_hint(job: str) -> str:
     return f"new: {job}-<time>"
 
 
+#: The end of the help's first sentence or clause: ". " before a capital (not "Fig. 5", "eq. 1"), or "; " or ": ".
+_SENTENCE_END = re.compile(r"(?<!Fig)(?<!eq)\.\s+(?=[A-Z])|[;:]\s")
+
+
 def first_sentence(text: str) -> str:
     """The task's help up to its first full stop or semicolon: one line under the task, the rest as tooltip."""
-    cut = min((i for i in (text.find(". "), text.find("; ")) if i >= 0), default=-1)
-    return text if cut < 0 else text[:cut] + "."
+    match = _SENTENCE_END.search(text)
+    return text if match is None else text[:match.start()].rstrip(".") + "."
 
 
 class TaskSection(QObject):

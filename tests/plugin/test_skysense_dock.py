@@ -217,6 +217,9 @@ def test_the_sample_scene_is_read_as_sentinel2_and_its_name_fits(plugin, qtbot, 
 
     dock = plugin.dock
     plugin.action.trigger()
+    qtbot.waitUntil(dock.isVisible)
+    qtbot.wait(50)  # laid out at its default width
+    default_width = dock.width()
     dock.set_task("classify")
     long_name = tmp_path / "S2B_MSIL2A_20230715T155819_N0509_R097_T18SVG_20230715T201405_coast.tif"
     long_name.write_bytes(SAMPLE_SCENE.read_bytes())
@@ -233,4 +236,6 @@ def test_the_sample_scene_is_read_as_sentinel2_and_its_name_fits(plugin, qtbot, 
     viewport = dock.findChild(QAbstractScrollArea, "dockScroll").viewport()
     right = table.mapTo(viewport, QPoint(table.width(), 0)).x()
     assert right <= viewport.width(), "the table fits the dock"
+    assert dock.width() == default_width, "and the dock keeps its width"
+    assert table.table.item(0, 2).toolTip() == "From the file name", "where the date came from"
     assert table.date_text(0) == "2023-07-15"
