@@ -2,8 +2,8 @@
 
 Opens the sample scene and the sample labels in a headless QGIS, runs each task through the dock as a user's
 click runs it (on the bundled models), and saves the dock as it then looks to ``docs/images/dock_<task>.png``;
-also the Labels section with its label list (``dock_labels.png``) and the identify window of a prototype map
-(``prototype_identify.png``). Run it under Xvfb::
+also the Labels section with its label list (``dock_labels.png``), the identify window of a prototype map
+(``prototype_identify.png``) and the whole QGIS window after Inspect (``qgis_inspect.png``). Run it under Xvfb::
 
     xvfb-run -a -s "-screen 0 1600x1000x24" .venv-qgis/bin/python scripts/dock_screenshots.py
 """
@@ -96,6 +96,9 @@ def main() -> int:
     print("Inspect", flush=True)
     run_in_dock(app, dock, "inspect", {})
     save_dock(app, dock, "dock_inspect.png")
+    iface.canvas.refresh()
+    settle(app, 3.0)  # the canvas renders the scene and the labels
+    iface.window.grab().save(str(IMAGES / "qgis_inspect.png"))
 
     print("Train (SatDiFuser head on the bundled backbone)", flush=True)
     train = run_in_dock(app, dock, "train", {"out": str(work / "head"), "preview": False})

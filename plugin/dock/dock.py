@@ -26,7 +26,7 @@ from ..worker_client import PLUGIN_ROOT, WorkerClient
 from .backend_section import BackendSection
 from .input_section import InputSection
 from .prototype_section import PrototypeSection
-from .results import ResultsPane, inspect_html, metrics_html, prototypes_html, segment_html
+from .results import ResultsPane, classify_html, inspect_html, metrics_html, prototypes_html, segment_html
 from .status import StatusView
 from .task_section import TaskSection
 
@@ -265,6 +265,8 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
             self.results.set_page(job, metrics_html(result))
         elif job == "segment":
             self.results.set_page(job, segment_html(result))
+        elif job == "classify":
+            self.results.set_page(job, classify_html(result))
         elif job == "prototypes":
             self.prototypes.show_map(result)
             self.results.set_page(job, prototypes_html(result))

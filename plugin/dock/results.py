@@ -171,6 +171,19 @@ def segment_html(result: Dict[str, Any]) -> str:
             f"<table cellspacing='2'>{rows}</table>")
 
 
+def classify_html(result: Dict[str, Any]) -> str:
+    """SkySense's class map: the grid and each class's share of it, the warnings."""
+    counts = result.get("class_pixels", {})
+    total = sum(counts.values()) or 1
+    grid = result.get("grid", {})
+    rows = "".join(f"<tr><td>{html.escape(name)}</td><td align='right'>{100 * n / total:.1f} %</td></tr>"
+                   for name, n in sorted(counts.items(), key=lambda kv: -kv[1]))
+    size = (f"<p>{grid.get('width')} × {grid.get('height')} cells of {grid.get('gsd_m'):g} m</p>"
+            if grid.get("width") and grid.get("gsd_m") else "")
+    warnings = "".join(f"<p style='color:#b26a00'>{html.escape(w)}</p>" for w in result.get("warnings", []))
+    return f"<h3>SkySense classes</h3>{size}{warnings}<table cellspacing='2'>{rows}</table>"
+
+
 def describe_device(info: Dict[str, Any]) -> str:
     """One line for the dock: the device jobs will use."""
     devices = info.get("devices", [])

@@ -165,6 +165,8 @@ def test_train_classify_and_identify_prototypes(plugin, iface, sample_layer, qtb
     group = next(node for node in root.children() if root.isGroup(node))  # the newest, under the labels
     classes = next(node.layer() for node in group.findLayers() if node.layer().name() == "SkySense classes")
     assert {c.label for c in classes.renderer().classes()} == {"water", "land"}
+    assert "SkySense classes" in dock.resultBrowser.toPlainText(), "classify's own page, not the training's"
+    assert "Head saved" not in dock.resultBrowser.toPlainText()
 
     dock.set_task("prototypes")
     dock.options_form.set_value("grid_gsd_m", 80.0)
