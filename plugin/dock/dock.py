@@ -70,7 +70,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.runButton.clicked.connect(lambda: self.run_task())
         self.cancelButton.clicked.connect(self.cancel_task)
         self.checkBackendButton.clicked.connect(self.check_backend)
-        self.tasks._on_task_changed()
+        self.tasks.rebuild_form()
 
     # -- what the sections hold, under the names the dock always had ------------------------------
     @property

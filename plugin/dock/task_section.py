@@ -73,7 +73,7 @@ class TaskSection(QObject):
         self.series_table = SeriesTable(dock.iface, dock.optionsContainer)
         dock.optionsLayout.insertWidget(0, self.series_table)
         self.series_table.readRequested.connect(self.read_series)
-        dock.taskCombo.currentIndexChanged.connect(self._on_task_changed)
+        dock.taskCombo.currentIndexChanged.connect(self.rebuild_form)
 
     @property
     def current_job(self) -> str:
@@ -86,7 +86,8 @@ class TaskSection(QObject):
         spec = jobs.JOBS[job]
         return spec.group == SKYSENSE_GROUP and any(p.name == "s2" for p in spec.params)
 
-    def _on_task_changed(self) -> None:
+    def rebuild_form(self) -> None:
+        """The current task's help and form (and the date table for the SkySense tasks)."""
         dock = self.dock
         job = self.current_job
         spec = jobs.JOBS[job]
