@@ -73,6 +73,7 @@ class LabelsPanel(QObject):
     """Behaviour of the Labels widgets of ``dock``; ``message`` carries errors for the dock's status."""
 
     message = pyqtSignal(str)
+    notice = pyqtSignal(str)  # what went well, for the dock's status line (no warning)
     labelsChanged = pyqtSignal()
 
     def __init__(self, dock: Any) -> None:
@@ -180,8 +181,8 @@ class LabelsPanel(QObject):
         QgsProject.instance().addMapLayer(labels.layer)
         self.dock.labelsLayerCombo.setLayer(labels.layer)  # adopts the copy
         self.dock.labelsGroup.setCollapsed(False)
-        self.message.emit(f"Labels copied from '{layer.name()}' (classes from '{field}') into {labels.path}; "
-                          "the original is unchanged")
+        self.notice.emit(f"Labels copied from '{layer.name()}' (classes from '{field}') into {labels.path}; "
+                         "the original is unchanged")
 
     def ask_class_field(self, layer: QgsVectorLayer, fields: List[str]) -> Optional[str]:
         """The field that names the classes, asked of the user (None: cancelled)."""

@@ -62,6 +62,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.labelsGroup.setCollapsed(True)  # opened when labelling starts: the map's flow comes first
         self.labels_panel = LabelsPanel(self)
         self.labels_panel.message.connect(lambda text: self.show_status(text, error=True))
+        self.labels_panel.notice.connect(self.show_status)
         self.backend = BackendSection(self)
         self.tasks = TaskSection(self)
         self.tasks.taskChanged.connect(self._on_task_changed)

@@ -215,3 +215,12 @@ def test_metrics_with_their_spread_and_the_baseline_read_at_the_default_width(pl
     browser = dock.resultBrowser
     assert browser.horizontalScrollBar().maximum() == 0, "readable without scrolling sideways"
     dock.grab().save(str(tmp_path / "metrics.png"))
+
+
+def test_the_task_help_is_one_clause() -> None:
+    from terrafuse_under_test.plugin.dock.task_section import first_sentence
+
+    assert first_sentence("Assigns cells to prototypes (SkySense Fig. 5); writes prototypes.tif.") == \
+        "Assigns cells to prototypes (SkySense Fig. 5)."
+    assert first_sentence("Trains a head: features are cached. Saves it.") == "Trains a head."
+    assert first_sentence("CRS and size over the area.") == "CRS and size over the area."

@@ -249,3 +249,4 @@ def test_a_layer_without_class_name_is_copied_never_edited(plugin, qtbot, tmp_pa
     assert dock.classList.count() == 2
     assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest, "the user's file is untouched"
     assert parcels.fields().names() == ["fid", "landuse"]
+    assert "the original is unchanged" in dock.statusLabel.text()
