@@ -90,6 +90,20 @@ def preferred_device(devices: list[dict[str, Any]]) -> str:
     return "mps" if any(d["type"] == "mps" for d in devices) else "cpu"
 
 
+def device_line() -> str:
+    """One line naming the device jobs will use: the GPU's name and memory, else the CPU's cores (what the
+    worker puts in every job's first event)."""
+    build, accelerators = torch_devices()
+    chosen = preferred_device(accelerators)
+    for device in accelerators:
+        if device["type"] == "cuda" and chosen == f"cuda:{device['index']}":
+            return f"GPU: {device['name']} ({device['total_memory_mb'] / 1024:.0f} GiB)"
+    if chosen == "mps":
+        return "GPU: Apple (MPS)"
+    threads = build.get("threads")
+    return f"CPU: {os.cpu_count()} cores" + (f", {threads} torch threads" if threads else "")
+
+
 def run_info(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     progress.update(0, 1, "reading versions and devices")
     build, accelerators = torch_devices()

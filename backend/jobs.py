@@ -31,6 +31,11 @@ PARAM_KINDS = (
 )
 
 
+#: Where a parameter sits in a task's form: the few a user sets for the task, where the outputs go, the rest
+#: (folded away in the dock, "Advanced parameters" in Processing).
+PARAM_GROUPS = ("essential", "output", "advanced")
+
+
 class _Required:
     def __repr__(self) -> str:
         return "REQUIRED"
@@ -45,7 +50,9 @@ DEFAULT_BACKBONE = "terrafuse-tiny"
 
 @dataclass(frozen=True)
 class Param:
-    """One typed parameter of a job."""
+    """One typed parameter of a job: ``label`` is its short name in forms, ``help`` the sentence of its
+    tooltip, ``group`` where forms put it (:data:`PARAM_GROUPS`). Label and group default to
+    :data:`PRESENTATION`'s entry for the name, else the name itself and essential (required) or advanced."""
 
     name: str
     kind: str
@@ -53,12 +60,22 @@ class Param:
     default: Any = REQUIRED
     choices: tuple[str, ...] = ()
     positional: bool = False
+    label: str = ""
+    group: str = ""
 
     def __post_init__(self) -> None:
         if self.kind not in PARAM_KINDS:
             raise ValueError(f"unknown parameter kind {self.kind!r}")
         if self.kind == "choice" and not self.choices:
             raise ValueError(f"choice parameter {self.name!r} needs choices")
+        label, group = PRESENTATION.get(self.name, ("", ""))
+        if not self.label:  # a frozen dataclass: the defaults are filled in once, here
+            object.__setattr__(self, "label", label or self.name.replace("_", " ").capitalize())
+        if not self.group:  # a required parameter is never folded away; a required output is still an output
+            folded = not group or (group == "advanced" and self.required)
+            object.__setattr__(self, "group", ("essential" if self.required else "advanced") if folded else group)
+        if self.group not in PARAM_GROUPS:
+            raise ValueError(f"parameter {self.name!r}: unknown group {self.group!r}")
 
     @property
     def required(self) -> bool:
@@ -89,12 +106,76 @@ class Param:
         return {
             "name": self.name,
             "kind": self.kind,
+            "label": self.label,
+            "group": self.group,
             "help": self.help,
             "required": self.required,
             "default": None if self.required else self.default,
             "choices": list(self.choices),
         }
 
+
+#: name -> (short label, group) of the parameters, shared by every job that has one of that name (a job may
+#: still give a Param its own label or group).
+PRESENTATION: dict[str, tuple[str, str]] = {
+    "image": ("Raster", "essential"),
+    "aoi": ("Area", "essential"),
+    "labels": ("Labels", "essential"),
+    "model": ("Model", "essential"),
+    "backbone": ("Backbone", "essential"),
+    "out": ("Output folder", "output"),
+    "fusion": ("Fusion", "essential"),
+    "head": ("Head", "advanced"),
+    "bands": ("Bands (R,G,B)", "advanced"),
+    "timesteps": ("Timesteps", "advanced"),
+    "tile_px": ("Tile size (px)", "advanced"),
+    "overlap_px": ("Tile overlap (px)", "advanced"),
+    "epochs": ("Epochs", "advanced"),
+    "patience": ("Patience (epochs)", "advanced"),
+    "learning_rate": ("Learning rate", "advanced"),
+    "batch_size": ("Batch size", "advanced"),
+    "fusion_chs": ("Fused channels", "advanced"),
+    "folds": ("Cross-validation folds", "advanced"),
+    "hold_out_block_m": ("Hold-out block (m)", "advanced"),
+    "inversion": ("Feature reading", "advanced"),
+    "inversion_steps": ("Inversion steps", "advanced"),
+    "unet_folder": ("UNet folder", "advanced"),
+    "unverified": ("Accept unverified", "advanced"),
+    "baseline": ("Random-forest baseline", "advanced"),
+    "preview": ("Preview the area", "essential"),
+    "preview_aoi": ("Preview area", "advanced"),
+    "preview_out": ("Preview folder", "output"),
+    "cache_dir": ("Feature cache folder", "advanced"),
+    "cache_max_mb": ("Feature cache (MB)", "advanced"),
+    "seed": ("Random seed", "advanced"),
+    "precision": ("Precision", "advanced"),
+    "compile": ("torch.compile", "advanced"),
+    "confidence": ("Confidence raster", "output"),
+    "uncertainty": ("Uncertainty raster", "output"),
+    "polygons": ("Class polygons", "output"),
+    "gsd_m": ("Working resolution (m)", "advanced"),
+    "cluster": ("Ray cluster", "advanced"),
+    "max_samples_px": ("Pixels sampled", "advanced"),
+    "matrix_n": ("Matrix size", "advanced"),
+    "batch": ("Batch", "advanced"),
+    "action": ("Action", "essential"),
+    "name": ("Model name", "essential"),
+    "path": ("Folder or archive", "essential"),
+    "folder": ("Download folder", "output"),
+    "offline": ("Offline", "advanced"),
+    "hr": ("High resolution", "essential"),
+    "s2": ("Sentinel-2 series", "essential"),
+    "s2_dates": ("Sentinel-2 dates", "essential"),
+    "s2_bands": ("Sentinel-2 bands", "advanced"),
+    "s1": ("Sentinel-1 series", "essential"),
+    "s1_dates": ("Sentinel-1 dates", "essential"),
+    "s1_bands": ("Sentinel-1 bands", "advanced"),
+    "grid_gsd_m": ("Cell size (m)", "advanced"),
+    "top_k": ("Classes per polygon", "advanced"),
+    "learn": ("Learn prototypes", "essential"),
+    "save_model": ("Save the model to", "output"),
+    "similarities": ("Similarity raster", "output"),
+}
 
 #: Where the tiles run: this machine (empty), or a Ray cluster (backend/inference/cluster.py).
 CLUSTER_PARAM = Param("cluster", "str", "Run the tiles on a Ray cluster: its address (host:port, ray://host:port, "
@@ -291,13 +372,14 @@ register(
         target="backend.segment:run_segment",
         params=(
             Param("image", "raster", "Raster to classify"),
-            Param("model", "folder", "Head folder written by train (head.safetensors + config.json)"),
+            Param("model", "folder", "Head folder written by train (head.safetensors + config.json)", label="Head"),
             Param("out", "output_folder", "Folder the outputs are written into"),
             Param("aoi", "vector", "Area of interest (polygons, any CRS); the whole raster when omitted", None),
-            Param("backbone", "str", "Backbone to use instead of the one recorded in the head (same sha256)", None),
+            Param("backbone", "str", "Backbone to use instead of the one recorded in the head (same sha256)", None,
+                  group="advanced"),
             Param("unet_folder", "str", "UNet folder inside the backbone (e.g. checkpoint-150000/unet or unet; "
                   "default: the one the head records, else the newest checkpoint as DiffusionSat's authors load it)",
-                  None),
+                  None, group="advanced"),
             Param("bands", "str", "Raster bands fed as red, green, blue, e.g. 3,2,1 or 1 (default: the head's)",
                   None),
             Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),
@@ -379,7 +461,7 @@ register(
         target="backend.skysense_jobs:run_classify",
         params=_SKYSENSE_INPUTS + (
             Param("polygons", "vector", "Polygons (e.g. fields) that each get one class and top-k probabilities",
-                  None),
+                  None, label="Fields (polygons)", group="essential"),
             Param("top_k", "int", "Classes listed per polygon", 3),
             Param("confidence", "bool", "Also write confidence.tif (probability of the class)", True),
             CLUSTER_PARAM,

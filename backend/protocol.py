@@ -10,12 +10,15 @@ Requests (plugin -> worker)::
 Events (worker -> plugin)::
 
     {"type": "ready", "version": "...", "pid": 123, "python": "..."}
-    {"type": "started", "id": "j1", "job": "inspect"}
-    {"type": "progress", "id": "j1", "done": 3, "total": 10, "message": "tile 3/10"}
+    {"type": "started", "id": "j1", "job": "inspect", "device": "GPU: NVIDIA H200 (140 GiB)"}
+    {"type": "progress", "id": "j1", "done": 3, "total": 10, "message": "tile 3 of 10", "phase": "tiles"}
     {"type": "result", "id": "j1", "result": {...}}
     {"type": "error", "id": "j1", "error_type": "UserError", "message": "...", "user_error": true}
     {"type": "cancelled", "id": "j1", "message": "..."}
     {"type": "jobs", "jobs": [...]}
+
+``device`` and ``phase`` are optional (a reader must accept events without them); ``phase`` is one of
+:data:`backend.progress.PHASE_WORDS`' phases or "".
 
 Logs go to stderr, never to stdout. An error event with ``"id": null`` answers a line that could
 not be read as a request. Standard library only: the plugin imports this module too.

@@ -711,7 +711,7 @@ def _prototypes(params: dict[str, Any], progress: Progress, model: SkySense, sta
         layers.insert(0, {"path": outputs["regions"], "kind": "vector", "name": "SkySense prototype regions",
                           "qml": str(out / "regions.qml"), "visible": True})
     return {"outputs": outputs, "layers": layers, "regions": [r["region"] for r in document["regions"]],
-            "grid": provenance["grid"]}
+            "region_count": int(np.prod(model.config.region_grid)), "grid": provenance["grid"]}
 
 
 #: The prototype regions as dashed outlines, labelled with their index (a QGIS style, written by hand as the
@@ -790,6 +790,7 @@ def _prototype_document(model: SkySense, regions: dict[int, np.ndarray],
     document: dict[str, Any] = {"format": "terrafuse-prototype-map", "format_version": 1,
                                 "prototypes_per_region": model.config.prototypes_per_region,
                                 "region_grid": list(model.config.region_grid),
+                                "region_count": int(np.prod(model.config.region_grid)),
                                 "index_band": "prototypes.tif band 1 (0-based prototype of the cell's region)",
                                 "similarity_band": "prototype_similarity.tif band 1",
                                 "palette": [p["colour"] for p in palette], "classes": model.config.classes,

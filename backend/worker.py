@@ -39,13 +39,24 @@ class Worker:
         self._progress: dict[str, Progress] = {}
         self._progress_lock = threading.Lock()
         self._runner = threading.Thread(target=self._run_loop, name="terrafuse-job", daemon=True)
+        self._device = ""  # the device line every "started" event carries, read once (it imports torch)
+        self._device_reader = threading.Thread(target=self._read_device, name="terrafuse-device", daemon=True)
 
     def send(self, message: dict[str, Any]) -> None:
         with self._write_lock:
             self._out.write(encode(message))
             self._out.flush()
 
+    def _read_device(self) -> None:
+        from .info import device_line
+
+        try:
+            self._device = device_line()
+        except Exception as exc:  # noqa: BLE001 - a broken torch must not stop the worker; the job will say why
+            log.warning("cannot read the device: %s", exc)
+
     def serve(self, lines: IO[str]) -> None:
+        self._device_reader.start()  # while the plugin sends its first job
         self._runner.start()
         self.send({"type": "ready", "version": __version__, "protocol": PROTOCOL_VERSION,
                    "pid": os.getpid(), "python": sys.executable})
@@ -78,9 +89,11 @@ class Worker:
 
     def _make_progress(self, job_id: str) -> Progress:
         def emit(done: int, total: int, message: str) -> None:
-            self.send({"type": "progress", "id": job_id, "done": done, "total": total, "message": message})
+            self.send({"type": "progress", "id": job_id, "done": done, "total": total, "message": message,
+                       "phase": progress.phase})
 
-        return Progress(emit)
+        progress = Progress(emit)
+        return progress
 
     def _cancel(self, job_id: str) -> None:
         with self._progress_lock:
@@ -103,7 +116,8 @@ class Worker:
     def _run_one(self, job_id: str, job: str, params: dict[str, Any], progress: Progress) -> None:
         try:
             progress.check()
-            self.send({"type": "started", "id": job_id, "job": job})
+            self._device_reader.join()
+            self.send({"type": "started", "id": job_id, "job": job, "device": self._device})
             result = run_job(job, params, progress)
         except JobCancelled as exc:
             self.send({"type": "cancelled", "id": job_id, "message": str(exc)})

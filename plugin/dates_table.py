@@ -1,7 +1,9 @@
 """The SkySense inputs as a table: one row per raster (file, modality, date, where the date came from, check).
 
-The user adds files or the layers selected in the layer tree; the modality is guessed from the band count
-(2: Sentinel-1, 10 or more: Sentinel-2, else high resolution) and can be changed; the dates and the checks
+The user adds files or the layers selected in the layer tree; the modality is guessed from the band
+descriptions (B02, B8A...: Sentinel-2; VV, VH: Sentinel-1), else from the band count (2: Sentinel-1, 10 or more:
+Sentinel-2, else high resolution) and can be changed; file names are elided in the middle (the whole path in
+the tooltip) so that the table fits the dock; the dates and the checks
 come from the backend's ``series`` job (the same functions the SkySense jobs use, so that the table and
 the job never disagree), and every date can be edited. A series raster without a valid date is flagged
 in red, and :meth:`SeriesTable.job_params` refuses to run until it has one.
@@ -11,7 +13,8 @@ from __future__ import annotations
 
 import datetime
 import os
-from typing import Any, Dict, List, Optional
+import re
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from qgis.core import QgsRasterLayer
 from qgis.PyQt.QtCore import Qt, pyqtSignal
@@ -20,9 +23,10 @@ from qgis.PyQt.QtWidgets import (
     QAbstractItemView,
     QComboBox,
     QFileDialog,
-    QHBoxLayout,
+    QGridLayout,
     QHeaderView,
     QLabel,
+    QSizePolicy,
     QTableWidget,
     QTableWidgetItem,
     QToolButton,
@@ -30,21 +34,34 @@ from qgis.PyQt.QtWidgets import (
     QWidget,
 )
 
-#: (key, label) of the modalities, in the order of F_T (eq. 1 of the SkySense paper).
-MODALITIES = (("hr", "High resolution"), ("s2", "Sentinel-2"), ("s1", "Sentinel-1"))
+#: (key, label) of the modalities, in the order of F_T (eq. 1 of the SkySense paper); short, for a narrow dock.
+MODALITIES = (("hr", "High res."), ("s2", "Sentinel-2"), ("s1", "Sentinel-1"))
 #: The job parameters the table supplies (the options form leaves them out).
 SERIES_PARAMS = ("hr", "s2", "s2_dates", "s1", "s1_dates")
 COLUMNS = ("File", "Modality", "Date", "Found in", "Check")
 FILE, MODALITY, DATE, SOURCE, CHECK = range(len(COLUMNS))
 PROBLEM_COLOUR = QColor("#c62828")
+#: Where a date came from (the series job's ``date_source``), in words for the date's tooltip.
+DATE_SOURCES = {"filename": "the file name", "metadata": "the file's metadata", "given": "the job's parameters"}
 
 
 class InputsError(Exception):
     """What keeps the table's inputs from running, in words for the user."""
 
 
-def guess_modality(band_count: int) -> str:
-    """The modality a raster most likely is, from its band count (the user can change it)."""
+#: Sentinel-2 band names as descriptions spell them: B2, B02, B8A, B11 (with or without words after them).
+_S2_BAND = re.compile(r"^b(0?[1-9]|1[0-2]|8a)\b", re.IGNORECASE)
+_S1_BAND = re.compile(r"^(vv|vh|hh|hv)\b", re.IGNORECASE)
+
+
+def guess_modality(band_count: int, descriptions: Sequence[str] = ()) -> str:
+    """The modality a raster most likely is, from its band descriptions (B02... is Sentinel-2, VV/VH
+    Sentinel-1), else from its band count (the user can change it)."""
+    named = [d.strip() for d in descriptions if d and d.strip()]
+    if named and sum(bool(_S2_BAND.match(d)) for d in named) >= max(1, len(named) // 2 + 1):
+        return "s2"
+    if named and all(_S1_BAND.match(d) for d in named):
+        return "s1"
     if band_count == 2:
         return "s1"
     if band_count >= 10:
@@ -72,21 +89,30 @@ class SeriesTable(QWidget):
         self._filling = False
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
-        layout.addWidget(QLabel("Inputs: one row per raster; dates are editable (YYYY-MM-DD)"))
+        intro = QLabel("Inputs: one row per raster; dates are editable (YYYY-MM-DD)")
+        intro.setWordWrap(True)  # never wider than the dock
+        layout.addWidget(intro)
         self.table = QTableWidget(0, len(COLUMNS), self)
         self.table.setObjectName("seriesTable")
         self.table.setHorizontalHeaderLabels(COLUMNS)
         self.table.setSelectionBehavior(QAbstractItemView.SelectionBehavior.SelectRows)
         self.table.verticalHeader().hide()
+        self.table.setTextElideMode(Qt.TextElideMode.ElideMiddle)  # the date and tile stay readable
+        self.table.setWordWrap(False)
+        self.table.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)  # fits the dock
         header = self.table.horizontalHeader()
-        header.setSectionResizeMode(FILE, QHeaderView.ResizeMode.Stretch)
-        for column in (MODALITY, DATE, SOURCE, CHECK):
+        header.setMinimumSectionSize(40)
+        header.setSectionResizeMode(FILE, QHeaderView.ResizeMode.Stretch)  # the file name gets what is left
+        for column in (MODALITY, DATE):
             header.setSectionResizeMode(column, QHeaderView.ResizeMode.ResizeToContents)
+        header.setSectionResizeMode(CHECK, QHeaderView.ResizeMode.Fixed)
+        self.table.setColumnWidth(CHECK, 56)  # "OK" or the first words of a problem; the whole in its tooltip
+        self.table.setColumnHidden(SOURCE, True)  # where the date came from: the date's tooltip
         self.table.setMinimumHeight(90)
         self.table.setMaximumHeight(170)
         self.table.itemChanged.connect(self._on_item_changed)
         layout.addWidget(self.table)
-        buttons = QHBoxLayout()
+        buttons = QGridLayout()
         self.addFilesButton = QToolButton(text="Add files…")
         self.addLayersButton = QToolButton(text="Add selected layers")
         self.removeButton = QToolButton(text="Remove")
@@ -96,8 +122,10 @@ class SeriesTable(QWidget):
                             (self.removeButton, "Remove the selected rows"),
                             (self.readButton, "Read the dates and check the rasters again")):
             button.setToolTip(tip)
-            buttons.addWidget(button)
-        buttons.addStretch(1)
+        for index, button in enumerate((self.addFilesButton, self.addLayersButton, self.removeButton,
+                                        self.readButton)):
+            button.setSizePolicy(QSizePolicy.Policy.Expanding, QSizePolicy.Policy.Fixed)
+            buttons.addWidget(button, index // 2, index % 2)  # two by two: the table fits a narrow dock
         layout.addLayout(buttons)
         self.statusLabel = QLabel("")
         self.statusLabel.setWordWrap(True)
@@ -121,7 +149,7 @@ class SeriesTable(QWidget):
                 if not path or path in known:
                     continue
                 known.add(path)
-                self._append_row(path, modality or guess_modality(_band_count(path)))
+                self._append_row(path, modality or guess_modality(*_bands(path)))
                 added = True
         finally:
             self._filling = False
@@ -213,6 +241,9 @@ class SeriesTable(QWidget):
                 if not self.date_text(row) or self.table.item(row, SOURCE).text() != "edited":
                     self.set_date(row, info.get("date") or "")
                     self.table.item(row, SOURCE).setText(info.get("date_source") or "")
+                    source = info.get("date_source") or ""
+                    self.table.item(row, DATE).setToolTip(f"From {DATE_SOURCES.get(source, source)}" if source
+                                                          else "No date found: enter it (YYYY-MM-DD)")
                 self.table.item(row, CHECK).setData(Qt.ItemDataRole.UserRole, info.get("problem") or "")
         finally:
             self._filling = False
@@ -225,6 +256,7 @@ class SeriesTable(QWidget):
         self._filling = True
         try:
             self.table.item(item.row(), SOURCE).setText("edited")
+            item.setToolTip("Edited")
         finally:
             self._filling = False
         self.refresh_checks()
@@ -279,6 +311,10 @@ class SeriesTable(QWidget):
         return params
 
 
-def _band_count(path: str) -> int:
+def _bands(path: str) -> Tuple[int, List[str]]:
+    """The band count and band descriptions of a raster (GDAL's, as QGIS names bands "Band 1: B02 blue")."""
     layer = QgsRasterLayer(path, "probe", "gdal")
-    return layer.bandCount() if layer.isValid() else 0
+    if not layer.isValid():
+        return 0, []
+    names = [layer.bandName(i) for i in range(1, layer.bandCount() + 1)]
+    return layer.bandCount(), [name.split(":", 1)[1].strip() if ":" in name else "" for name in names]

@@ -17,6 +17,7 @@ from qgis.core import (
     QgsCategorizedSymbolRenderer,
     QgsCoordinateReferenceSystem,
     QgsCoordinateTransform,
+    QgsDistanceArea,
     QgsFeature,
     QgsFeatureRequest,
     QgsField,
@@ -31,12 +32,16 @@ from qgis.core import (
     QgsVectorLayer,
     QgsWkbTypes,
 )
+from qgis.PyQt.QtCore import QVariant
 from qgis.PyQt.QtGui import QColor
 
 from .qt_compat import field_type
 
 LABELS_TABLE = "labels"
 CLASSES_TABLE = "classes"
+#: How a label was drawn (polygon, rectangle, point), kept in the labels table of the GeoPackages Terrafuse
+#: makes; guessed from the geometry in others.
+SHAPE_FIELD = "shape"
 #: Colours given to new classes in turn (ColorBrewer's Set1 and Dark2, readable on imagery).
 CLASS_COLOURS = ("#e41a1c", "#377eb8", "#4daf4a", "#984ea3", "#ff7f00", "#ffff33", "#a65628", "#f781bf",
                  "#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02")
@@ -46,6 +51,11 @@ class LabelsError(Exception):
     """A problem with the labels layer that the user can fix."""
 
 
+class NotALabelsLayer(LabelsError):
+    """A polygon layer that is not a labels layer yet: the dock asks which field names the classes and copies it
+    (the user's file is never edited unasked)."""
+
+
 @dataclass(frozen=True)
 class LabelClass:
     class_id: int
@@ -53,23 +63,67 @@ class LabelClass:
     colour: str
 
 
-def _fields() -> QgsFields:
+@dataclass(frozen=True)
+class LabelEntry:
+    """One label of the list: its feature id, class, shape and area."""
+
+    feature_id: int
+    class_id: Optional[int]
+    class_name: str
+    shape: str
+    area_m2: float
+
+
+def is_null(value) -> bool:
+    """A missing attribute: None or QGIS's NULL (a null QVariant)."""
+    return value is None or (isinstance(value, QVariant) and value.isNull())
+
+
+def area_text(area_m2: float) -> str:
+    """``850 m²``, ``1.2 ha``, ``3.4 km²``."""
+    if area_m2 < 10_000:
+        return f"{area_m2:,.0f} m²"
+    if area_m2 < 1_000_000:
+        return f"{area_m2 / 10_000:.1f} ha"
+    return f"{area_m2 / 1_000_000:.2f} km²"
+
+
+def guess_shape(geometry: QgsGeometry) -> str:
+    """"rectangle" for an axis-aligned four-corner polygon, else "polygon" (points are stored as squares and
+    named where the shape field exists)."""
+    if geometry.isMultipart():
+        parts = geometry.asMultiPolygon()
+        ring = parts[0][0] if len(parts) == 1 and len(parts[0]) == 1 else []
+    else:
+        polygon = geometry.asPolygon()
+        ring = polygon[0] if len(polygon) == 1 else []
+    if len(ring) == 5:
+        xs = {round(p.x(), 6) for p in ring}
+        ys = {round(p.y(), 6) for p in ring}
+        if len(xs) == 2 and len(ys) == 2:
+            return "rectangle"
+    return "polygon"
+
+
+def _fields(with_shape: bool = False) -> QgsFields:
     fields = QgsFields()
     fields.append(QgsField("class_id", field_type("Int")))
     fields.append(QgsField("class_name", field_type("QString")))
     fields.append(QgsField("colour", field_type("QString")))
+    if with_shape:
+        fields.append(QgsField(SHAPE_FIELD, field_type("QString")))
     return fields
 
 
 def _write_table(path: str, table: str, geometry_type: QgsWkbTypes.Type, crs: QgsCoordinateReferenceSystem,
-                 append: bool) -> None:
+                 append: bool, with_shape: bool = False) -> None:
     options = QgsVectorFileWriter.SaveVectorOptions()
     options.driverName = "GPKG"
     options.layerName = table
     if append:
         options.actionOnExistingFile = QgsVectorFileWriter.ActionOnExistingFile.CreateOrOverwriteLayer
-    writer = QgsVectorFileWriter.create(path, _fields(), geometry_type, crs, QgsProject.instance().transformContext(),
-                                        options)
+    writer = QgsVectorFileWriter.create(path, _fields(with_shape), geometry_type, crs,
+                                        QgsProject.instance().transformContext(), options)
     if writer.hasError():
         raise LabelsError(f"Cannot create '{path}': {writer.errorMessage()}")
     del writer  # closes the file
@@ -96,12 +150,46 @@ class LabelsLayer:
             path += ".gpkg"
         if os.path.exists(path):
             raise LabelsError(f"'{path}' exists already; open it as a layer to adopt it")
-        _write_table(path, LABELS_TABLE, QgsWkbTypes.Type.MultiPolygon, crs, append=False)
+        _write_table(path, LABELS_TABLE, QgsWkbTypes.Type.MultiPolygon, crs, append=False, with_shape=True)
         _write_table(path, CLASSES_TABLE, QgsWkbTypes.Type.NoGeometry, crs, append=True)
         layer = QgsVectorLayer(f"{path}|layername={LABELS_TABLE}", name, "ogr")
         if not layer.isValid():
             raise LabelsError(f"Cannot open the new labels layer '{path}'")
         return cls(layer)
+
+    @staticmethod
+    def is_labels_layer(layer: QgsVectorLayer) -> bool:
+        """A GeoPackage layer of polygons with the label fields and a classes table: adopted as it is."""
+        path = layer.source().split("|")[0]
+        if layer.providerType() != "ogr" or not path.lower().endswith(".gpkg"):
+            return False
+        if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
+            return False
+        if any(field.name() not in layer.fields().names() for field in _fields()):
+            return False
+        return QgsVectorLayer(f"{path}|layername={CLASSES_TABLE}", "classes", "ogr").isValid()
+
+    @classmethod
+    def copy_from(cls, layer: QgsVectorLayer, class_field: str, path: str, name: Optional[str] = None) -> LabelsLayer:
+        """A new labels GeoPackage at ``path`` with ``layer``'s polygons, each of the class its ``class_field``
+        names (features without a value are left out); ``layer`` itself is not touched."""
+        if layer.geometryType() != QgsWkbTypes.GeometryType.PolygonGeometry:
+            raise LabelsError(f"The layer '{layer.name()}' does not hold polygons")
+        if class_field not in layer.fields().names():
+            raise LabelsError(f"The layer '{layer.name()}' has no field '{class_field}'")
+        labels = cls.create(path, layer.crs(), name or f"{layer.name()} labels")
+        classes: Dict[str, LabelClass] = {}
+        for feature in layer.getFeatures():
+            value = feature[class_field]
+            if is_null(value) or str(value).strip() == "" or not feature.hasGeometry():
+                continue
+            key = str(value).strip()
+            if key not in classes:
+                classes[key] = labels.add_class(key)
+            labels.add_label(feature.geometry(), layer.crs(), classes[key].class_id, guess_shape(feature.geometry()),
+                             repaint=False)
+        labels.layer.triggerRepaint()
+        return labels
 
     def _ensure_fields(self) -> None:
         """Adopting a GeoPackage of polygons adds the fields the labels need, keeping the others."""
@@ -222,8 +310,10 @@ class LabelsLayer:
         return counts
 
     # -- labels -----------------------------------------------------------------------------
-    def add_label(self, geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, class_id: int) -> int:
-        """Save one label (a polygon in ``crs``) for the class; returns its feature id."""
+    def add_label(self, geometry: QgsGeometry, crs: QgsCoordinateReferenceSystem, class_id: int,
+                  shape: Optional[str] = None, repaint: bool = True) -> int:
+        """Save one label (a polygon in ``crs``) for the class; ``shape`` says how it was drawn (polygon,
+        rectangle, point); returns its feature id."""
         label_class = self.get_class(class_id)
         geometry = QgsGeometry(geometry)
         if crs.isValid() and crs != self.layer.crs():
@@ -236,12 +326,39 @@ class LabelsLayer:
         feature.setAttribute("class_id", label_class.class_id)
         feature.setAttribute("class_name", label_class.name)
         feature.setAttribute("colour", label_class.colour)
+        if SHAPE_FIELD in self.layer.fields().names():
+            feature.setAttribute(SHAPE_FIELD, shape or guess_shape(geometry))
         ok, added = self.layer.dataProvider().addFeatures([feature])
         if not ok:
             raise LabelsError(f"Cannot save the label in '{self.path}'")
-        self.layer.updateExtents()
-        self.layer.triggerRepaint()
+        if repaint:
+            self.layer.updateExtents()
+            self.layer.triggerRepaint()
         return added[0].id()
+
+    def delete_label(self, feature_id: int) -> None:
+        if not self.layer.dataProvider().deleteFeatures([feature_id]):
+            raise LabelsError(f"Cannot delete the label in '{self.path}'")
+        self.layer.triggerRepaint()
+
+    def entries(self) -> List[LabelEntry]:
+        """Every label with its class, shape and area (m², on the project's ellipsoid), in drawing order."""
+        measure = QgsDistanceArea()
+        measure.setSourceCrs(self.layer.crs(), QgsProject.instance().transformContext())
+        measure.setEllipsoid(QgsProject.instance().ellipsoid() or "WGS84")
+        names = {c.class_id: c.name for c in self.classes()}
+        has_shape = SHAPE_FIELD in self.layer.fields().names()
+        rows = []
+        for feature in self.layer.getFeatures():
+            geometry = feature.geometry()
+            class_id = feature["class_id"]
+            class_id = None if is_null(class_id) else int(class_id)
+            shape = feature[SHAPE_FIELD] if has_shape else None
+            name = feature["class_name"]
+            rows.append(LabelEntry(feature.id(), class_id, names.get(class_id, "" if is_null(name) else str(name)),
+                                   guess_shape(geometry) if is_null(shape) or not shape else str(shape),
+                                   measure.measureArea(geometry)))
+        return sorted(rows, key=lambda e: e.feature_id)
 
     @staticmethod
     def point_square(point: QgsPointXY, size: float) -> QgsGeometry:

@@ -23,7 +23,7 @@ from qgis.core import (
     QgsRasterLayer,
 )
 from qgis.gui import QgsMapCanvas, QgsMapMouseEvent, QgsMapToolEmitPoint
-from qgis.PyQt.QtCore import Qt, pyqtSignal
+from qgis.PyQt.QtCore import QPoint, Qt, pyqtSignal
 from qgis.PyQt.QtWidgets import QDialog, QTextBrowser, QVBoxLayout, QWidget
 
 DOCUMENT_NAME = "prototypes.json"
@@ -100,45 +100,72 @@ class PrototypeMap:
                          "colour": info.get("colour") or (palette[index] if index < len(palette) else "#888888"),
                          "pixels": info.get("pixels"), "nearest_class": info.get("nearest_class")})
         rows.sort(key=lambda r: -r["similarity"])
-        return {"region": region, "bounds_deg": entry.get("bounds_deg"), "prototypes": rows,
+        grid = self.document.get("region_grid") or []
+        count = self.document.get("region_count") or (int(grid[0]) * int(grid[1]) if len(grid) == 2 else None)
+        return {"region": region, "region_count": count, "bounds_deg": entry.get("bounds_deg"), "prototypes": rows,
                 "has_head": any(r["nearest_class"] for r in rows), "point": (point.x(), point.y())}
 
 
-def identify_html(info: Optional[Dict[str, Any]]) -> str:
-    """The panel's text: the region, the assigned prototype, then every prototype's similarity as a bar."""
+def longitude_text(degrees: float) -> str:
+    """``90°W``, ``45°E``, ``0°``."""
+    return f"{abs(degrees):g}°" + ("" if degrees == 0 else ("W" if degrees < 0 else "E"))
+
+
+def latitude_text(degrees: float) -> str:
+    """``10°S``, ``45°N``, ``0°``."""
+    return f"{abs(degrees):g}°" + ("" if degrees == 0 else ("S" if degrees < 0 else "N"))
+
+
+def region_text(info: Dict[str, Any]) -> str:
+    """``region 18 of 64, 90°W to 45°W, 0° to 45°N``."""
+    count = info.get("region_count")
+    text = f"region {info['region']}" + (f" of {count}" if count else "")
+    bounds = info.get("bounds_deg")
+    if bounds:
+        west, south, east, north = bounds
+        text += (f", {longitude_text(west)} to {longitude_text(east)}, "
+                 f"{latitude_text(south)} to {latitude_text(north)}")
+    return text
+
+
+def identify_html(info: Optional[Dict[str, Any]], compact: bool = False) -> str:
+    """The click's text: the region, the assigned prototype, then every prototype's similarity (as a bar in the
+    window; ``compact``, for the dock's narrow pane: the five most similar, no bar)."""
     if info is None:
         return "<p>No prototype map value here (outside the map or no data).</p>"
     rows = info["prototypes"]
-    bounds = info.get("bounds_deg")
-    where = ""
-    if bounds:
-        west, south, east, north = bounds
-        where = f" — {west:g}° to {east:g}° E, {south:g}° to {north:g}° N"
     best = rows[0] if rows else None
-    parts = [f"<h3>Prototype map: region {info['region']}{html.escape(where)}</h3>"]
+    parts = [f"<h3>Prototype at the click</h3><p>{html.escape(region_text(info))}</p>"]
     if best is not None:
         nearest = best.get("nearest_class")
         of_class = f", nearest class <b>{html.escape(str(nearest['name']))}</b>" if nearest else ""
         parts.append(f"<p>This cell: <b>prototype {best['index']}</b> (similarity {best['similarity']:.3f}){of_class}"
                      "</p>")
-    header = ["", "Prototype", "Similarity", ""]
-    header += (["Nearest class", "Probability"] if info.get("has_head") else []) + ["Cells"]
+    has_head = info.get("has_head")
+    header = ["", "#" if not compact else "Prototype", "Similarity"] + ([] if compact else [""])
+    header += (["Nearest class" if compact else "Class"] + ([] if compact else ["Prob."]) if has_head else [])
+    header += [] if compact else ["Cells"]
     lines = ["<tr>" + "".join(f"<th align='left' nowrap>{h}</th>" for h in header) + "</tr>"]
-    for row in rows:
-        width = max(1, int(round(60 * max(0.0, row["similarity"]))))
+    for row in rows[:5] if compact else rows:
         swatch = f"<span style='background-color:{html.escape(row['colour'])}'>&nbsp;&nbsp;&nbsp;&nbsp;</span>"
-        bar = (f"<table cellspacing='0' cellpadding='0'><tr><td width='{width}' bgcolor='#5b7db1'>&nbsp;</td>"
-               "</tr></table>")
-        cells = [swatch, f"{row['index']}", f"{row['similarity']:.3f}", bar]
-        if info.get("has_head"):
+        cells = [swatch, f"{row['index']}", f"{row['similarity']:.3f}"]
+        if not compact:
+            width = max(1, int(round(40 * max(0.0, row["similarity"]))))
+            cells.append(f"<table cellspacing='0' cellpadding='0'><tr><td width='{width}' bgcolor='#5b7db1'>"
+                         "&nbsp;</td></tr></table>")
+        if has_head:
             nearest = row.get("nearest_class") or {}
-            cells += [html.escape(str(nearest.get("name", "–"))),
-                      f"{100 * nearest['probability']:.0f} %" if "probability" in nearest else "–"]
-        cells.append(f"{row['pixels']:,}" if isinstance(row.get("pixels"), int) else "–")
+            cells.append(html.escape(str(nearest.get("name", "–"))))
+            if not compact:
+                cells.append(f"{100 * nearest['probability']:.0f} %" if "probability" in nearest else "–")
+        if not compact:
+            cells.append(f"{row['pixels']:,}" if isinstance(row.get("pixels"), int) else "–")
         lines.append("<tr>" + "".join(f"<td nowrap>{c}</td>" for c in cells) + "</tr>")
     parts.append(f"<table cellspacing='2' cellpadding='1'>{''.join(lines)}</table>")
-    if not info.get("has_head"):
-        parts.append("<p style='color:#666'>No class per prototype: the model has no trained head (train one with "
+    if compact and len(rows) > 5:
+        parts.append(f"<p>… and {len(rows) - 5} more in the identify window.</p>")
+    if not has_head:
+        parts.append("<p>No class per prototype: the model has no trained head (train one with "
                      "'Train a SkySense head from labels').</p>")
     return "".join(parts)
 
@@ -154,6 +181,7 @@ class PrototypeIdentifyTool(QgsMapToolEmitPoint):
         super().__init__(canvas)
         self.layer_getter = layer_getter
         self._maps: Dict[str, PrototypeMap] = {}
+        self.last_click: Optional[QPoint] = None  # in the canvas's pixels: the window keeps away from it
 
     def prototype_map(self, layer: Optional[QgsMapLayer]) -> PrototypeMap:
         key = layer.source() if layer is not None else ""
@@ -163,6 +191,7 @@ class PrototypeIdentifyTool(QgsMapToolEmitPoint):
 
     def canvasReleaseEvent(self, event: QgsMapMouseEvent) -> None:
         point = self.toMapCoordinates(event.pos())
+        self.last_click = QPoint(event.pos())
         try:
             prototype_map = self.prototype_map(self.layer_getter())
             info = prototype_map.identify(point, self.canvas().mapSettings().destinationCrs())
@@ -173,8 +202,8 @@ class PrototypeIdentifyTool(QgsMapToolEmitPoint):
 
 
 class PrototypeIdentifyPanel(QDialog):
-    """A small window beside the map that shows the last click (kept open between clicks, like QGIS's
-    Identify Results)."""
+    """A window beside the map that shows the last click (kept open between clicks, like QGIS's Identify
+    Results), placed at the side of the map away from the clicked spot."""
 
     def __init__(self, parent: Optional[QWidget] = None) -> None:
         super().__init__(parent, Qt.WindowType.Tool)
@@ -184,9 +213,23 @@ class PrototypeIdentifyPanel(QDialog):
         layout = QVBoxLayout(self)
         layout.setContentsMargins(4, 4, 4, 4)
         layout.addWidget(self.browser)
-        self.resize(460, 520)
+        self.resize(440, 480)
 
-    def show_info(self, info: Optional[Dict[str, Any]]) -> None:
+    def show_info(self, info: Optional[Dict[str, Any]], canvas: Optional[QgsMapCanvas] = None,
+                  click: Optional[QPoint] = None) -> None:
         self.browser.setHtml(identify_html(info))
+        if canvas is not None:
+            self.place_beside(canvas, click)
         self.show()
         self.raise_()
+
+    def place_beside(self, canvas: QgsMapCanvas, click: Optional[QPoint]) -> None:
+        """Along the map's left or right edge, whichever is farther from the click (the right one first)."""
+        viewport = canvas.viewport()
+        width = min(self.width(), max(200, viewport.width() // 2 - 16))
+        height = min(self.height(), max(200, viewport.height() - 16))
+        self.resize(width, height)
+        click_x = click.x() if click is not None else 0
+        on_right = click_x < viewport.width() / 2
+        x = viewport.width() - width - 8 if on_right else 8
+        self.move(viewport.mapToGlobal(QPoint(x, 8)))

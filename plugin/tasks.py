@@ -8,6 +8,7 @@ from typing import Any, Callable, Dict, Optional
 from qgis.core import Qgis, QgsMessageLog, QgsTask
 from qgis.PyQt.QtCore import pyqtSignal
 
+from .job_progress import JobProgress, ProgressState
 from .worker_client import JobCancelled, JobFailed, WorkerClient, WorkerError
 
 LOG_TAG = "Terrafuse"
@@ -25,6 +26,7 @@ class JobTask(QgsTask):
     """
 
     progressMessage = pyqtSignal(int, int, str, float)  # done, total, message, seconds left (-1: unknown)
+    progressChanged = pyqtSignal(object)  # a ProgressState: phase, its count, time left, device, percent
     jobFinished = pyqtSignal(object)
 
     def __init__(self, client: WorkerClient, job: str, params: Dict[str, Any], description: str,
@@ -37,17 +39,19 @@ class JobTask(QgsTask):
         self.prepare = prepare
         self.outcome: Dict[str, Any] = {"status": "error", "message": "not run", "user_error": False}
         self._started_s: Optional[float] = None
+        self.tracker = JobProgress()
 
     def run(self) -> bool:
         self._started_s = time.monotonic()
         try:
             if self.prepare is not None:
-                self._on_progress(0, 0, "exporting the layer over the area")
+                self._on_event({"type": "progress", "done": 0, "total": 0, "phase": "exporting",
+                                "message": "exporting the layer over the area"})
                 self.params = self.prepare(self.params)
             if self.isCanceled():
                 raise JobCancelled("Cancelled")
             handle = self.client.submit(self.job, self.params)
-            result = handle.wait(on_progress=self._on_progress, is_cancelled=self.isCanceled)
+            result = handle.wait(is_cancelled=self.isCanceled, on_event=self._on_event)
         except JobCancelled as exc:
             self.outcome = {"status": "cancelled", "message": str(exc), "user_error": True}
             return False
@@ -66,13 +70,14 @@ class JobTask(QgsTask):
         self.outcome = {"status": "ok", "result": result, "elapsed_s": time.monotonic() - self._started_s}
         return True
 
-    def _on_progress(self, done: int, total: int, message: str) -> None:
-        if total > 0:
-            self.setProgress(100.0 * done / total)
-        left_s = -1.0
-        if self._started_s is not None and 0 < done < total:
-            left_s = (time.monotonic() - self._started_s) * (total - done) / done
-        self.progressMessage.emit(done, total, message, left_s)
+    def _on_event(self, event: Dict[str, Any]) -> None:
+        state: Optional[ProgressState] = self.tracker.event(event)
+        if state is None:  # "started": the device is known before any step
+            state = ProgressState(0, "", None, None, None, self.tracker.device, "starting")
+        self.setProgress(float(state.percent))
+        left_s = -1.0 if state.left_s is None else state.left_s
+        self.progressMessage.emit(int(event.get("done", 0)), int(event.get("total", 0)), state.message, left_s)
+        self.progressChanged.emit(state)
 
     def finished(self, ok: bool) -> None:
         if self._started_s is None:  # cancelled while still queued: run() never ran

@@ -72,8 +72,11 @@ class JobHandle:
         is_cancelled: Optional[Callable[[], bool]] = None,
         poll_s: float = 0.1,
         timeout_s: Optional[float] = None,
+        on_event: Optional[Callable[[Dict[str, Any]], None]] = None,
     ) -> Dict[str, Any]:
         """Block until the job ends; return its result or raise JobFailed, JobCancelled or WorkerDied.
+
+        ``on_event`` gets the whole "started" and "progress" events (their optional device and phase).
 
         ``is_cancelled`` is polled (a QgsTask's isCanceled, a Processing feedback's isCanceled);
         when it turns true the worker is asked to cancel, and the job's own answer ends the wait.
@@ -92,6 +95,8 @@ class JobHandle:
             except queue.Empty:
                 continue
             kind = event["type"]
+            if kind in ("started", "progress") and on_event is not None:
+                on_event(event)
             if kind == "progress" and on_progress is not None:
                 on_progress(int(event.get("done", 0)), int(event.get("total", 0)), str(event.get("message", "")))
             elif kind == "result":

@@ -70,7 +70,7 @@ def test_scanner_accepts_what_both_accept() -> None:
 
 def test_scanner_reads_the_plugin_and_its_qgis_scripts() -> None:
     names = {str(path.relative_to(ROOT)) for path in scanned_files()}
-    assert {"__init__.py", "plugin/plugin.py", "plugin/dock.py", "plugin/processing/algorithm.py",
+    assert {"__init__.py", "plugin/plugin.py", "plugin/dock/dock.py", "plugin/processing/algorithm.py",
             "scripts/qgis_headless.py", "tests/plugin/conftest.py"} <= names
 
 

@@ -32,8 +32,17 @@ RESULT = "RESULT"
 
 
 def parameter_definition(param: Param) -> QgsProcessingParameterDefinition:
-    """The Processing parameter for one job parameter."""
-    name, label = param.name.upper(), param.help
+    """The Processing parameter for one job parameter: the schema's short label, its sentence as the help
+    (the tooltip), the advanced ones under "Advanced Parameters"."""
+    definition = _definition(param)
+    definition.setHelp(param.help)
+    if param.group == "advanced":
+        definition.setFlags(definition.flags() | QgsProcessingParameterDefinition.Flag.FlagAdvanced)
+    return definition
+
+
+def _definition(param: Param) -> QgsProcessingParameterDefinition:
+    name, label = param.name.upper(), param.label
     optional = not param.required
     default = None if param.required else param.default
     if param.kind == "raster":

@@ -152,3 +152,15 @@ def test_jobs_are_described_with_their_schema(client: WorkerClient) -> None:
     assert {"info", "inspect", "test_count"} <= set(by_name)
     image = by_name["inspect"]["params"][0]
     assert (image["name"], image["kind"], image["required"]) == ("image", "raster", True)
+
+
+def test_every_job_starts_with_the_device_and_its_steps_carry_their_phase(client: WorkerClient) -> None:
+    for _ in range(2):  # every job, not only the first
+        events: list[dict] = []
+        client.run("inspect", {"image": str(SAMPLE_SCENE)}, on_event=events.append)
+        assert events[0]["type"] == "started"
+        assert events[0]["device"].startswith(("CPU: ", "GPU: ")), events[0]
+        progress = [e for e in events if e["type"] == "progress"]
+        assert progress
+        assert all("phase" in e for e in progress)
+        assert {e["phase"] for e in progress} >= {"reading"}

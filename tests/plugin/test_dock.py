@@ -134,7 +134,8 @@ def test_check_backend_shows_the_device_and_its_speed(plugin, qtbot) -> None:
     assert dock.backendLabel.text().startswith(("CPU:", "GPU:"))
     assert "torch" in dock.backendLabel.text()
     assert "GFLOP/s" in dock.backendLabel.text()
-    assert "resnet18 forward" in dock.resultBrowser.toPlainText()
+    assert "resnet18 forward" in dock.backendBrowser.toPlainText(), "in the Backend section's own pane"
+    assert dock.resultBrowser.toPlainText() == "", "never over a task's result"
 
 
 def test_job_warnings_are_shown_above_the_result(plugin, iface, qtbot, tmp_path) -> None:
@@ -144,9 +145,11 @@ def test_job_warnings_are_shown_above_the_result(plugin, iface, qtbot, tmp_path)
     warning = ("The prototypes of region 20 were never learned (no official file carries prototypes): the prototype "
                "map uses their initial, random values. Learn them on this area first: the prototypes task with "
                "'learn prototypes on the area'")
+    dock.results.show_task("prototypes")
     dock.show_result("prototypes", {"outputs": {}, "regions": [20], "warnings": [warning]})
     text = dock.resultBrowser.toPlainText()
-    assert text.index("never learned") < text.index("Regions: 20")
+    assert text.index("never learned") < text.index("Prototype map")
+    dock.results.show_task("classify")
     dock.show_result("classify", {"outputs": {}, "warnings": [warning]})
     assert "never learned" in dock.resultBrowser.toPlainText()
     bar = iface.messageBar()

@@ -136,3 +136,117 @@ def test_the_dock_draws_labels_for_the_chosen_class(plugin, iface, sample_layer,
     assert saved.counts() == {0: 1, 1: 1}
     point_label = next(f for f in saved.layer.getFeatures() if f["class_id"] == 0)
     assert point_label.geometry().boundingBox().width() == pytest.approx(30.0)  # 3 pixels of 10 m
+
+
+def _drag(qtbot, viewport, start, end) -> None:
+    from qgis.PyQt.QtCore import QPoint, Qt
+
+    def at(fx: float, fy: float) -> QPoint:
+        return QPoint(int(viewport.width() * fx), int(viewport.height() * fy))
+
+    qtbot.mousePress(viewport, Qt.MouseButton.LeftButton, pos=at(*start))
+    qtbot.mouseMove(viewport, pos=at((start[0] + end[0]) / 2, (start[1] + end[1]) / 2))
+    qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=at(*end))
+
+
+def test_labels_drawn_one_after_another_and_managed_in_a_list(plugin, iface, sample_layer, qtbot,
+                                                              tmp_path) -> None:
+    from qgis.PyQt.QtCore import Qt
+
+    dock = plugin.dock
+    plugin.action.trigger()
+    show_layer(iface, sample_layer)
+    dock.rasterCombo.setLayer(sample_layer)
+    panel = dock.labels_panel
+    labels = panel.create_labels(str(tmp_path / "labels.gpkg"))
+    qtbot.waitUntil(lambda: dock.drawLabelRectangleButton.height() > 0)
+    panel.add_class("water")
+    viewport = iface.canvas.viewport()
+    qtbot.mouseClick(dock.drawLabelRectangleButton, Qt.MouseButton.LeftButton)
+    tool = iface.canvas.mapTool()
+    _drag(qtbot, viewport, (0.2, 0.2), (0.3, 0.3))
+    _drag(qtbot, viewport, (0.5, 0.5), (0.6, 0.55))  # no click on the button in between
+    assert labels.counts() == {0: 2}, "the second rectangle is kept too"
+    assert iface.canvas.mapTool() is tool, "the tool stays on"
+    assert dock.drawLabelRectangleButton.isChecked()
+    qtbot.mouseClick(dock.drawLabelPointButton, Qt.MouseButton.LeftButton)
+    qtbot.mouseClick(viewport, Qt.MouseButton.LeftButton, pos=viewport.rect().center())
+    assert not dock.drawLabelRectangleButton.isChecked(), "another tool takes over"
+    iface.canvas.setFocus()
+    qtbot.keyClick(iface.canvas, Qt.Key.Key_Escape)
+    assert not dock.drawLabelPointButton.isChecked(), "Esc hands the canvas back"
+    assert iface.canvas.mapTool() is not tool
+
+    label_list = panel.labelList
+    assert label_list.topLevelItemCount() == 3
+    rows = [[label_list.topLevelItem(r).text(c) for c in range(3)] for r in range(3)]
+    assert [row[:2] for row in rows] == [["water", "rectangle"], ["water", "rectangle"], ["water", "point"]]
+    assert rows[2][2] == "900 m²", "a point label: 3 x 3 pixels of 10 m"
+    assert rows[0][2].endswith(("m²", "ha", "km²"))
+    assert panel.labelCountLabel.text() == "3 labels"
+
+    label_list.topLevelItem(1).setSelected(True)  # select: the label lights up on the map
+    second = label_list.topLevelItem(1).data(0, Qt.ItemDataRole.UserRole)
+    assert labels.layer.selectedFeatureIds() == [second]
+    before = iface.canvas.extent()
+    qtbot.mouseClick(panel.zoomLabelButton, Qt.MouseButton.LeftButton)
+    after = iface.canvas.extent()
+    assert after.width() < before.width() / 2
+    assert after.contains(labels.layer.getFeature(second).geometry().boundingBox())
+    qtbot.mouseClick(panel.deleteLabelButton, Qt.MouseButton.LeftButton)
+    assert label_list.topLevelItemCount() == 2
+    assert second not in {f.id() for f in reopen(labels.path).layer.getFeatures()}
+    qtbot.mouseClick(panel.undoLabelButton, Qt.MouseButton.LeftButton)  # the point, drawn last
+    assert [label_list.topLevelItem(r).text(1) for r in range(label_list.topLevelItemCount())] == ["rectangle"]
+    assert reopen(labels.path).counts() == {0: 1}
+
+
+def _polygons_with(path: str, field: str, values) -> None:
+    srs = osr.SpatialReference()
+    srs.ImportFromEPSG(32618)
+    source = ogr.GetDriverByName("GPKG").CreateDataSource(path)
+    layer = source.CreateLayer("parcels", srs, ogr.wkbPolygon)
+    layer.CreateField(ogr.FieldDefn(field, ogr.OFTString))
+    for i, value in enumerate(values):
+        feature = ogr.Feature(layer.GetLayerDefn())
+        feature.SetField(field, value)
+        x = 444000 + 200 * i
+        feature.SetGeometry(ogr.CreateGeometryFromWkt(f"POLYGON(({x} 4170000,{x + 100} 4170000,{x + 100} 4170100,"
+                                                      f"{x} 4170100,{x} 4170000))"))
+        layer.CreateFeature(feature)
+    source = None
+
+
+def test_a_layer_without_class_name_is_copied_never_edited(plugin, qtbot, tmp_path) -> None:
+    import hashlib
+    from pathlib import Path
+
+    from qgis.core import QgsProject
+
+    dock = plugin.dock
+    path = str(tmp_path / "parcels.gpkg")
+    _polygons_with(path, "landuse", ["wheat", "forest", "wheat", None])
+    digest = hashlib.sha256(Path(path).read_bytes()).hexdigest()
+    parcels = QgsVectorLayer(path, "parcels", "ogr")
+    QgsProject.instance().addMapLayer(parcels)
+    panel = dock.labels_panel
+    asked = []
+    panel.ask_class_field = lambda layer, fields: asked.append(fields) or None  # the user cancels
+    dock.labelsLayerCombo.setLayer(parcels)
+    assert asked == [["landuse"]]
+    assert panel.labels is None
+    assert dock.labelsLayerCombo.currentLayer() is None
+    assert "left as it is" in dock.statusLabel.text()
+
+    panel.ask_class_field = lambda layer, fields: "landuse"  # the user picks the field
+    dock.labelsLayerCombo.setLayer(parcels)
+    labels = panel.labels
+    assert labels is not None
+    assert labels.path == str(tmp_path / "parcels-labels.gpkg")
+    assert [c.name for c in labels.classes()] == ["wheat", "forest"]
+    assert labels.counts() == {0: 2, 1: 1}, "the polygon without a class is left out"
+    assert len(labels.layer.renderer().categories()) == 2, "the polygons stay on the map, by class"
+    assert dock.classList.count() == 2
+    assert hashlib.sha256(Path(path).read_bytes()).hexdigest() == digest, "the user's file is untouched"
+    assert parcels.fields().names() == ["fid", "landuse"]
+    assert "the original is unchanged" in dock.statusLabel.text()

@@ -46,7 +46,7 @@ def test_outputs_come_in_one_group_with_styles_and_provenance(iface, tmp_path) -
          "qml": str(tmp_path / "classes.qml")},
     ]}
     group = add_result_layers(result, "Segment")
-    assert group.name().startswith("Segment — coast — ")
+    assert group.name().startswith("Segment · coast · ")
     names = [node.name() for node in group.children()]
     assert names == ["Class polygons", "Classes"]
     assert not group.children()[0].itemVisibilityChecked()
@@ -60,4 +60,7 @@ def test_outputs_come_in_one_group_with_styles_and_provenance(iface, tmp_path) -
 
 
 def test_group_titles_name_task_model_and_time() -> None:
-    assert group_title("Segment", "coast", 0).startswith("Segment — coast — 1970-01-01")
+    title = group_title("Segment", "coast", 0)
+    assert title.startswith("Segment · coast · ")
+    assert len(title) == len("Segment · coast · 00:00:00"), "short: the time of day, to the second"
+    assert group_title("Segment", "coast", 1) != title, "two runs a second apart stand apart"

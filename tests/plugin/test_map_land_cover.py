@@ -69,8 +69,9 @@ def test_label_train_and_map(plugin, iface, sample_layer, qtbot, tmp_path, tiny_
     qtbot.mouseRelease(viewport, Qt.MouseButton.LeftButton, pos=QPoint(int(width * 0.7), int(height * 0.7)))
     job, outcome = run_and_wait(dock, qtbot)
     assert (job, outcome["status"]) == ("segment", "ok"), outcome
-    group = QgsProject.instance().layerTreeRoot().children()[0]
-    assert group.name().startswith("Map land cover with a trained head — head — ")
+    root = QgsProject.instance().layerTreeRoot()
+    group = next(node for node in root.children() if root.isGroup(node))  # the newest, under the labels
+    assert group.name().startswith("Land cover · head · ")
     layers = {node.layer().name(): node.layer() for node in group.findLayers()}
     classes = next(layer for layer in layers.values() if layer.type() == layer.RasterLayer)
     assert classes.renderer().type() == "paletted"

@@ -176,6 +176,19 @@ def test_a_dead_worker_is_reported_and_the_job_runs_again(plugin, files: Path, q
     assert outcome["status"] == "error", outcome
     assert outcome["error_type"] == "WorkerDied"
     assert "restarted for the next job" in dock.statusLabel.text()
+    # One clean line, the bar reset, the log behind "Details".
+    status = dock.statusLabel
+    assert status.textFormat() == Qt.TextFormat.RichText
+    assert status.text().endswith("<a href='details'>Details</a>")
+    assert "\n" not in status.text()
+    assert "Traceback" not in status.text()
+    assert dock.progressBar.value() == 0
+    status.linkActivated.emit("details")  # what a click on the link sends
+    details = dock.status.details_dialog
+    assert details.isVisible()
+    assert "WorkerDied" in details.text.toPlainText()
+    assert "killed" in details.text.toPlainText()
+    details.close()
     # Nothing under an output's name; the hidden temporary files and journal stay, for the next run to resume.
     assert written(out) == []
     assert ".terrafuse-journal.json" in {p.name for p in out.iterdir()}

@@ -161,9 +161,12 @@ def test_train_classify_and_identify_prototypes(plugin, iface, sample_layer, qtb
     dock.options_form.set_value("out", str(tmp_path / "classes"))
     job, outcome = run_and_wait(dock, qtbot)
     assert (job, outcome["status"]) == ("classify", "ok"), outcome
-    group = QgsProject.instance().layerTreeRoot().children()[0]
+    root = QgsProject.instance().layerTreeRoot()
+    group = next(node for node in root.children() if root.isGroup(node))  # the newest, under the labels
     classes = next(node.layer() for node in group.findLayers() if node.layer().name() == "SkySense classes")
     assert {c.label for c in classes.renderer().classes()} == {"water", "land"}
+    assert "SkySense classes" in dock.resultBrowser.toPlainText(), "classify's own page, not the training's"
+    assert "Head saved" not in dock.resultBrowser.toPlainText()
 
     dock.set_task("prototypes")
     dock.options_form.set_value("grid_gsd_m", 80.0)
@@ -208,3 +211,33 @@ def test_train_classify_and_identify_prototypes(plugin, iface, sample_layer, qtb
     dock.identify_panel.grab().save(str(tmp_path / "identify.png"))
     qtbot.mouseClick(dock.identifyPrototypeButton, Qt.MouseButton.LeftButton)
     assert iface.canvas.mapTool() is not dock._identify_tool
+
+
+def test_the_sample_scene_is_read_as_sentinel2_and_its_name_fits(plugin, qtbot, tmp_path) -> None:
+    """Four bands described B02, B03, B04, B08: Sentinel-2, not a high-resolution image."""
+    from qgis.PyQt.QtWidgets import QAbstractScrollArea
+
+    dock = plugin.dock
+    plugin.action.trigger()
+    qtbot.waitUntil(dock.isVisible)
+    qtbot.wait(50)  # laid out at its default width
+    default_width = dock.width()
+    dock.set_task("classify")
+    long_name = tmp_path / "S2B_MSIL2A_20230715T155819_N0509_R097_T18SVG_20230715T201405_coast.tif"
+    long_name.write_bytes(SAMPLE_SCENE.read_bytes())
+    table = read_series(dock, qtbot, [str(long_name)])
+    assert table.modality(0) == "s2", "band descriptions B02... say Sentinel-2"
+    item = table.table.item(0, 0)
+    assert item.text() == long_name.name, "the whole file name, elided in the middle when narrow"
+    assert item.toolTip() == str(long_name)
+    assert table.table.textElideMode() == Qt.TextElideMode.ElideMiddle
+    assert table.table.horizontalScrollBarPolicy() == Qt.ScrollBarPolicy.ScrollBarAlwaysOff
+    qtbot.wait(50)
+    header = table.table.horizontalHeader()
+    assert header.length() <= table.table.viewport().width() + 1, "the columns fit the table"
+    viewport = dock.findChild(QAbstractScrollArea, "dockScroll").viewport()
+    right = table.mapTo(viewport, QPoint(table.width(), 0)).x()
+    assert right <= viewport.width(), "the table fits the dock"
+    assert dock.width() == default_width, "and the dock keeps its width"
+    assert table.table.item(0, 2).toolTip() == "From the file name", "where the date came from"
+    assert table.date_text(0) == "2023-07-15"
