@@ -99,6 +99,14 @@ class Param:
 #: Where the tiles run: this machine (empty), or a Ray cluster (backend/inference/cluster.py).
 CLUSTER_PARAM = Param("cluster", "str", "Run the tiles on a Ray cluster: its address (host:port, ray://host:port, "
                       "auto), or 'local' for a Ray instance on this machine; empty: in this process", None)
+#: How the tiles spread over the cluster (backend/inference/placement.py); unset: fitted to its nodes.
+CLUSTER_PARAMS = (
+    CLUSTER_PARAM,
+    Param("actors", "int", "Cluster: Ray actors (model copies) to start (default: as many as the nodes hold)", None),
+    Param("threads", "int", "Cluster: CPUs (torch threads) of each CPU actor (default: up to 4, fitted to the "
+          "nodes)", None),
+    Param("in_flight", "int", "Cluster: batches sent ahead to each actor (default: 2)", None),
+)
 
 
 @dataclass(frozen=True)
@@ -291,7 +299,7 @@ register(
             Param("gsd_m", "float", "Ground resolution (m) the model works at: the raster is resampled to it and the "
                   "outputs back to the raster's grid; 0: the raster's own (default: the head's training "
                   "resolution if it records one, else the raster's own)", None),
-            CLUSTER_PARAM,
+            *CLUSTER_PARAMS,
         ),
         group="Models",
     )
@@ -358,7 +366,7 @@ register(
                   None),
             Param("top_k", "int", "Classes listed per polygon", 3),
             Param("confidence", "bool", "Also write confidence.tif (probability of the class)", True),
-            CLUSTER_PARAM,
+            *CLUSTER_PARAMS,
         ),
         group="SkySense",
     )
@@ -429,7 +437,7 @@ register(
             Param("save_model", "output_folder", "Folder the model (with learned prototypes) is saved into", None),
             Param("similarities", "bool", "Also write prototype_similarities.tif (the similarity to every prototype "
                   "of the region, what a click on the map lists)", True),
-            CLUSTER_PARAM,
+            *CLUSTER_PARAMS,
         ),
         group="SkySense",
     )

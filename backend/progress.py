@@ -23,6 +23,7 @@ class Progress:
         self._cancel = threading.Event()
         self._min_interval_s = min_interval_s
         self._last_emit_s = 0.0
+        self._step = (0, 0)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -38,7 +39,15 @@ class Progress:
     def update(self, done: int, total: int, message: str = "") -> None:
         """Report a step; updates closer than ``min_interval_s`` are dropped unless it is the last."""
         self.check()
+        self._step = (done, total)
         now = time.monotonic()
         if self._emit is not None and (done >= total or now - self._last_emit_s >= self._min_interval_s):
             self._last_emit_s = now
             self._emit(done, total, message)
+
+    def say(self, message: str) -> None:
+        """Report what the job waits for, at the last step reported (always emitted; checks the cancel)."""
+        self.check()
+        if self._emit is not None:
+            self._last_emit_s = time.monotonic()
+            self._emit(*self._step, message)
