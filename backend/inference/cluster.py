@@ -426,14 +426,14 @@ def _delivery(spec: TileModelSpec) -> Any:
 
 def _placed(actors: list[_Actor]) -> bool:
     """Whether the cluster has given one of ``actors`` a worker process (its model is then loading), as
-    Ray's actor table says; unknown (Ray Client) counts as placed, and the ready timeout then applies."""
+    Ray's actor table says (a process id once placed); unknown (Ray Client) counts as placed, and the
+    ready timeout then applies."""
     try:
         from ray._private.state import actors as actor_table
 
         for actor in actors:
-            entry = actor_table(actor_id=actor.handle._actor_id.hex())
-            address = (entry or {}).get("Address") or {}
-            if entry and (entry.get("State") == "ALIVE" or int(address.get("Port") or 0) > 0):
+            entry = actor_table(actor_id=actor.handle._actor_id.hex()) or {}
+            if entry.get("State") == "ALIVE" or int(entry.get("Pid") or 0) > 0:
                 return True
         return False
     except Exception:  # noqa: BLE001 - no actor table here
@@ -573,9 +573,14 @@ def _connect(address: str, timeout_s: float) -> None:
 
     deadline = time.monotonic() + timeout_s
     if address.lower() != "auto":
-        _probe(address, timeout_s)
+        host, port = _probe(address, timeout_s)
+        _handshake(address, host, port, max(0.5, deadline - time.monotonic()), timeout_s)
     stage = stage_code()
     outcome: dict[str, BaseException | None] = {}
+    # Ray's notes while connecting (the bundled weights' size, no SIGTERM handler in a thread) are not the
+    # user's business; its errors still are.
+    ray_logger = logging.getLogger("ray")
+    level = ray_logger.level
 
     def init() -> None:
         try:
@@ -584,8 +589,11 @@ def _connect(address: str, timeout_s: float) -> None:
             outcome["error"] = None
         except BaseException as exc:  # noqa: BLE001 - handed to the caller's thread
             outcome["error"] = exc
+        finally:
+            ray_logger.setLevel(level)
 
     thread = threading.Thread(target=init, name="terrafuse-ray-connect", daemon=True)
+    ray_logger.setLevel(logging.ERROR)
     try:
         thread.start()
         thread.join(max(0.1, deadline - time.monotonic()))
@@ -593,17 +601,38 @@ def _connect(address: str, timeout_s: float) -> None:
         if not thread.is_alive():
             shutil.rmtree(stage, ignore_errors=True)
     if thread.is_alive():
-        raise UserError(f"The Ray cluster at {address!r} did not answer within {timeout_s:.0f} s (a Ray head "
-                        f"there? For ray:// the cluster's client server and, where the cluster asks for one, "
-                        f"RAY_AUTH_MODE/RAY_AUTH_TOKEN as on the cluster; {CONNECT_TIMEOUT_ENV} sets the wait)")
+        raise _no_answer(address, timeout_s)
     error = outcome.get("error")
     if error is not None:
         first = _first_line(error)
         raise UserError(f"Cannot connect to the Ray cluster at {address!r}: {first}") from None
 
 
-def _probe(address: str, timeout_s: float) -> None:
-    """A TCP connection to the address's host and port (Ray Client's 10001 when ``ray://`` names none)."""
+def _no_answer(address: str, timeout_s: float) -> UserError:
+    return UserError(f"The Ray cluster at {address!r} did not answer within {timeout_s:.0f} s (is a Ray head "
+                     "there? For ray:// the cluster's client server and, where the cluster asks for one, "
+                     f"RAY_AUTH_MODE/RAY_AUTH_TOKEN as on the cluster; {CONNECT_TIMEOUT_ENV} sets the wait)")
+
+
+def _handshake(address: str, host: str, port: int, wait_s: float, timeout_s: float) -> None:
+    """An HTTP/2 (gRPC) handshake with the port, as Ray's GCS and client server answer one: a port held
+    by something else fails here, without Ray's own retries and their messages."""
+    try:
+        import grpc
+    except ImportError:  # Ray's handshake alone then, still within the deadline
+        return
+    channel = grpc.insecure_channel(f"{host}:{port}")
+    try:
+        grpc.channel_ready_future(channel).result(timeout=wait_s)
+    except grpc.FutureTimeoutError:
+        raise _no_answer(address, timeout_s) from None
+    finally:
+        channel.close()
+
+
+def _probe(address: str, timeout_s: float) -> tuple[str, int]:
+    """A TCP connection to the address's host and port (Ray Client's 10001 when ``ray://`` names none);
+    the host and port."""
     from urllib.parse import urlsplit
 
     parts = urlsplit(address if "://" in address else f"//{address}")
@@ -616,6 +645,7 @@ def _probe(address: str, timeout_s: float) -> None:
     try:
         with socket.create_connection((parts.hostname, port), timeout=min(timeout_s, 10.0)):
             pass
+        return parts.hostname, port
     except socket.gaierror:
         raise UserError(f"The Ray cluster's host {parts.hostname!r} is unknown (address {address!r})") from None
     except OSError as exc:
