@@ -98,7 +98,7 @@ class TileWorker:
             self.predictor = LocalPredictor(load_tile_model(spec, device))
         except Exception as exc:  # noqa: BLE001 - handed to the driver by ready()
             LOG.error("the model failed to load on %s:\n%s", socket.gethostname(), traceback.format_exc())
-            self.load_error = exc
+            self.load_error = delivery.in_driver_terms(exc, self.received) if delivery is not None else exc
 
     def ready(self) -> dict[str, Any]:
         """The model's provenance, with this actor's device, process, node and received files."""

@@ -104,6 +104,7 @@ class ModelParcel:
     is_folder: bool
     files: tuple[ShippedFile, ...]
     digest: str
+    origin: str = ""  # the driver's path, for messages
 
     @property
     def size(self) -> int:
@@ -126,7 +127,8 @@ def pack(path: Path) -> ModelParcel:
                 pieces.append(ray.put(piece))
         shipped.append(ShippedFile(relative, file.stat().st_size, digest.hexdigest(), tuple(pieces)))
     facts = json.dumps([path.name, path.is_dir(), [(f.relative, f.size, f.sha256) for f in shipped]])
-    return ModelParcel(path.name, path.is_dir(), tuple(shipped), hashlib.sha256(facts.encode()).hexdigest())
+    return ModelParcel(path.name, path.is_dir(), tuple(shipped), hashlib.sha256(facts.encode()).hexdigest(),
+                       str(path))
 
 
 def unpack(parcel: ModelParcel, root: Path) -> Path:
@@ -199,6 +201,15 @@ class ModelDelivery:
         root = cache_dir() / RECEIVED_FOLDER
         placed = {key: str(unpack(parcel, root)) for key, parcel in self.parcels.items()}
         return replace(spec, params={**spec.params, **placed}), placed
+
+    def in_driver_terms(self, error: BaseException, placed: dict[str, str]) -> BaseException:
+        """A :class:`UserError` that names a received file by the driver's path (what the user knows)."""
+        if not isinstance(error, UserError):
+            return error
+        message = str(error)
+        for key, path in placed.items():
+            message = message.replace(path, self.parcels[key].origin)
+        return UserError(message) if message != str(error) else error
 
 
 def driver_files(spec: TileModelSpec) -> dict[str, Path]:

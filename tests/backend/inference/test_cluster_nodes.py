@@ -196,7 +196,7 @@ def test_an_actor_that_cannot_load_its_model_stops_the_job_with_its_own_error_at
     seconds = time.monotonic() - started
     (predictor,) = recorded
     assert "Ray" not in str(raised.value), raised.value  # the load's own error, not Ray's account of it
-    assert HEAD_WEIGHTS_NAME in str(raised.value) or "safetensors" in str(raised.value).lower(), raised.value
+    assert f"{head / HEAD_WEIGHTS_NAME} are corrupt" in str(raised.value)  # named by the driver's path
     assert predictor.started_actors == 2  # the plan's actors; none started after the failure
     assert seconds < 60, seconds  # one model load and the connection, not one load per replacement
     assert not (tmp_path / "out").exists()
