@@ -29,6 +29,7 @@ from qgis.PyQt.QtWidgets import QDockWidget, QFrame, QLineEdit, QMessageBox, QSc
 
 from ..backend import jobs
 from .area import AreaError, AreaSelection, area_from_layer
+from .cluster_placement import ClusterPlacementRow
 from .dates_table import SERIES_PARAMS, InputsError, SeriesTable
 from .diagnostics_dialog import DiagnosticsDialog, DiagnosticsTask
 from .export import ExportError, export_raster, is_file_raster
@@ -59,7 +60,7 @@ DOCK_TASKS = ("segment", "train", "classify", "train-skysense", "prototypes", "i
 #: The SkySense jobs: their inputs come from the date table, their model from the last SkySense training.
 SKYSENSE_GROUP = "SkySense"
 #: Parameters the dock fills from its own widgets; every other one gets a widget in the options form.
-DOCK_SUPPLIED = ("image", "aoi", "labels", "cluster")
+DOCK_SUPPLIED = ("image", "aoi", "labels", "cluster", "actors", "threads", "in_flight")
 #: (key, label) of the torch builds Set up backend can install.
 TORCH_BUILD_CHOICES = (("auto", "Auto (from the NVIDIA driver)"), ("cpu", "CPU only"),
                        *((tag, f"CUDA {version[0]}.{version[1]}") for tag, version in CUDA_BUILDS),
@@ -115,6 +116,9 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         self.clusterEdit.setText(settings.cluster_address)
         self.clusterEdit.editingFinished.connect(
             lambda: setattr(self.settings, "cluster_address", self.clusterEdit.text()))
+        self.clusterPlacement = ClusterPlacementRow(settings, self)  # actors, threads, batches in flight
+        self.backendLayout.insertRow(self.backendLayout.getWidgetPosition(self.clusterEdit)[0] + 1,
+                                     "Ray actors", self.clusterPlacement)
 
         self.areaModeCombo.currentIndexChanged.connect(self._on_area_mode_changed)
         self.rasterCombo.layerChanged.connect(self._on_raster_changed)
@@ -288,6 +292,7 @@ class TerrafuseDock(QDockWidget, FORM_CLASS):
         cluster = self.clusterEdit.text().strip()  # the Backend section's Ray cluster
         if "cluster" in names and cluster:
             params["cluster"] = cluster
+            params.update(self.clusterPlacement.values(names))
         if self.options_form is not None and self.options_form.spec.name == job:
             params.update(self.options_form.values())
         for param in spec.params:  # a required output folder left empty: a new one in the profile
