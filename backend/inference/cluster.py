@@ -36,11 +36,13 @@ from collections import deque
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from .placement import cluster_nodes, plan
-from .tile_model import TileModelSpec
+
+if TYPE_CHECKING:  # torch comes with it: only the actors import it (not a Ray Client server)
+    from .tile_model import TileModelSpec
 
 LOG = logging.getLogger(__name__)
 
@@ -80,7 +82,7 @@ class TileWorker:
     its exception, which :meth:`ready` raises: the driver gets the actor's own error, not Ray's account
     of a dead actor."""
 
-    def __init__(self, spec: TileModelSpec, device: str, threads: int, delivery: Any = None) -> None:
+    def __init__(self, job: str, params: dict[str, Any], device: str, threads: int, delivery: Any = None) -> None:
         self.device = device
         self.received: dict[str, str] = {}
         self.load_error: BaseException | None = None
@@ -88,7 +90,9 @@ class TileWorker:
             import torch
 
             from .predictor import LocalPredictor
-            from .tile_model import load_tile_model
+            from .tile_model import TileModelSpec, load_tile_model
+
+            spec = TileModelSpec(job, params)
 
             if device == "cpu":
                 torch.set_num_threads(max(1, threads))
@@ -191,8 +195,9 @@ class RayPredictor:
         if _REMOTE_WORKER is None:
             # No restarts by Ray itself: a lost actor's batches are resubmitted here, to live actors.
             _REMOTE_WORKER = ray.remote(max_restarts=0, max_task_retries=0)(TileWorker)
-        handle = _REMOTE_WORKER.options(**self.placement.options).remote(self.spec, self._device, self._threads,
-                                                                         self._delivery)
+        # The spec as plain data: a Ray Client server unpickles the arguments, and must not import torch.
+        handle = _REMOTE_WORKER.options(**self.placement.options).remote(
+            self.spec.job, dict(self.spec.params), self._device, self._threads, self._delivery)
         actor = _Actor(len(self._actors), handle, handle.ready.remote())
         self._actors.append(actor)
         return actor

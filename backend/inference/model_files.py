@@ -25,11 +25,13 @@ import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..errors import UserError
 from ..hub.checksums import HASH_RECORD_NAME, file_sha256
-from .tile_model import TileModelSpec
+
+if TYPE_CHECKING:  # torch comes with it: a Ray Client server unpickles a delivery and must not import torch
+    from .tile_model import TileModelSpec
 
 #: Bytes per object-store piece of a shipped file (a backbone of gigabytes goes as many pieces).
 PIECE_BYTES = 64 * 2**20

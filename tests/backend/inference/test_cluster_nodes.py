@@ -72,6 +72,9 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Any:
     from ray.cluster_utils import Cluster
 
     root = tmp_path_factory.mktemp("nodes")
+    with socket.socket() as free:  # a port for the head's Ray Client server (ray://)
+        free.bind(("127.0.0.1", 0))
+        client_port = free.getsockname()[1]
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(_LOOPBACK_SWITCH, "0")
         patch.setenv("RAY_USAGE_STATS_ENABLED", "0")
@@ -80,12 +83,14 @@ def nodes(tmp_path_factory: pytest.TempPathFactory) -> Any:
         patch.chdir(root)
         _loopback_constants(True)
         cluster = Cluster(initialize_head=True, head_node_args={
-            "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False})
+            "num_cpus": 0, "node_ip_address": "127.0.0.1", "include_dashboard": False,
+            "ray_client_server_port": client_port})
         cluster.add_node(num_cpus=2, node_ip_address="127.0.0.1")
         cluster.wait_for_nodes()
         cluster.node_cache = root / "node-cache"
         cluster.start_env = dict(os.environ)
         cluster.start_dir = root
+        cluster.client_address = f"ray://127.0.0.1:{client_port}"
         _loopback_constants(False)
     try:
         yield cluster
@@ -152,6 +157,20 @@ def test_a_user_head_and_its_backbone_folder_reach_nodes_that_cannot_see_the_dri
     assert result["cluster"]["actors_lost"] == 0
     assert result["cluster"]["lost"] == []
     assert result["provenance"]["backbone"] == "backbone"  # the folder's name, kept on the node
+
+
+@pytest.mark.slow
+def test_a_ray_client_address_runs_the_job_as_the_head_address_does(nodes: Any, material: dict[str, Path],
+                                                                     segment_reference: Path, tmp_path: Path,
+                                                                     monkeypatch: pytest.MonkeyPatch) -> None:
+    """Through Ray Client (the pinned client extra): the arguments are unpickled on the client server too,
+    which must not need torch; the files travel the same way."""
+    record_predictors(monkeypatch, threads=1)
+    result = run_job("segment", segment_params(material, tmp_path / "out", cluster=nodes.client_address),
+                     Progress())
+    assert_same(segment_reference, tmp_path / "out", SEGMENT_OUTPUTS)
+    assert result["cluster"]["address"] == nodes.client_address
+    assert result["cluster"]["actors"] == 2
 
 
 def test_the_bundled_skysense_maps_on_the_nodes_as_on_one_machine(nodes: Any, material: dict[str, Path],
