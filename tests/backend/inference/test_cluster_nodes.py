@@ -353,5 +353,7 @@ def test_a_node_lost_mid_job_has_its_batches_redone_on_the_others(nodes: Any, ma
     assert removed
     assert result["cluster"]["actors_lost"] >= 1
     assert result["cluster"]["batches_resubmitted"] >= 1
-    assert {lost["node"] for lost in result["cluster"]["lost"]} == set(removed)
+    # Lost: the actors of the removed node, and perhaps a replacement placed there before Ray knew it was
+    # gone (it never held its model, so its node is not known: "").
+    assert {lost["node"] for lost in result["cluster"]["lost"]} - {""} == set(removed)
     assert_same(segment_reference, tmp_path / "out", SEGMENT_OUTPUTS)
