@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from typing import Any
 
@@ -67,6 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     spec = jobs.get(args.job)
     raw = {p.name: getattr(args, p.name) for p in spec.params}
     progress = Progress(None if args.quiet else _print_progress, min_interval_s=1.0)
+    out = _json_stream()
     try:
         result = run_job(spec.name, raw, progress)
     except UserError as exc:
@@ -77,9 +79,26 @@ def main(argv: list[str] | None = None) -> int:
         return 130
     for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
         print(f"warning: {warning}", file=sys.stderr)
-    json.dump(result, sys.stdout, indent=2)
-    sys.stdout.write("\n")
+    json.dump(result, out, indent=2)
+    out.write("\n")
+    out.flush()
     return 0
+
+
+def _json_stream() -> Any:
+    """Where the result goes: stdout, kept for it alone. Whatever a library prints from then on, from
+    Python or from C (Ray's "A worker died" paragraph), goes to stderr: descriptor 1 now points there.
+    Left as it is when stdout is not descriptor 1 (a test capturing it)."""
+    try:
+        if sys.stdout.fileno() != 1:
+            return sys.stdout
+    except (AttributeError, OSError, ValueError):
+        return sys.stdout
+    sys.stdout.flush()
+    out = os.fdopen(os.dup(1), "w", encoding="utf-8")
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
+    return out
 
 
 if __name__ == "__main__":

@@ -155,6 +155,9 @@ PRESENTATION: dict[str, tuple[str, str]] = {
     "polygons": ("Class polygons", "output"),
     "gsd_m": ("Working resolution (m)", "advanced"),
     "cluster": ("Ray cluster", "advanced"),
+    "actors": ("Ray actors", "advanced"),
+    "threads": ("Threads per actor", "advanced"),
+    "in_flight": ("Batches in flight", "advanced"),
     "max_samples_px": ("Pixels sampled", "advanced"),
     "matrix_n": ("Matrix size", "advanced"),
     "batch": ("Batch", "advanced"),
@@ -180,6 +183,14 @@ PRESENTATION: dict[str, tuple[str, str]] = {
 #: Where the tiles run: this machine (empty), or a Ray cluster (backend/inference/cluster.py).
 CLUSTER_PARAM = Param("cluster", "str", "Run the tiles on a Ray cluster: its address (host:port, ray://host:port, "
                       "auto), or 'local' for a Ray instance on this machine; empty: in this process", None)
+#: How the tiles spread over the cluster (backend/inference/placement.py); unset: fitted to its nodes.
+CLUSTER_PARAMS = (
+    CLUSTER_PARAM,
+    Param("actors", "int", "Cluster: Ray actors (model copies) to start (default: as many as the nodes hold)", None),
+    Param("threads", "int", "Cluster: CPUs (torch threads) of each CPU actor (default: up to 4, fitted to the "
+          "nodes)", None),
+    Param("in_flight", "int", "Cluster: batches sent ahead to each actor (default: 2)", None),
+)
 
 
 @dataclass(frozen=True)
@@ -395,7 +406,7 @@ register(
             Param("gsd_m", "float", "Ground resolution (m) the model works at: the raster is resampled to it and the "
                   "outputs back to the raster's grid; 0: the raster's own (default: the head's training "
                   "resolution if it records one, else the raster's own)", None),
-            CLUSTER_PARAM,
+            *CLUSTER_PARAMS,
         ),
         group="Models",
     )
@@ -464,7 +475,7 @@ register(
                   None, label="Fields (polygons)", group="essential"),
             Param("top_k", "int", "Classes listed per polygon", 3),
             Param("confidence", "bool", "Also write confidence.tif (probability of the class)", True),
-            CLUSTER_PARAM,
+            *CLUSTER_PARAMS,
         ),
         group="SkySense",
     )
@@ -539,7 +550,7 @@ register(
             Param("save_model", "output_folder", "Folder the model (with learned prototypes) is saved into", None),
             Param("similarities", "bool", "Also write prototype_similarities.tif (the similarity to every prototype "
                   "of the region, what a click on the map lists)", True),
-            CLUSTER_PARAM,
+            *CLUSTER_PARAMS,
         ),
         group="SkySense",
     )

@@ -59,6 +59,7 @@ class Progress:
         self._min_interval_s = min_interval_s
         self._last_emit_s = 0.0
         self.phase = ""
+        self._step = (0, 0)
 
     def cancel(self) -> None:
         self._cancel.set()
@@ -78,7 +79,15 @@ class Progress:
         phase = phase if phase is not None else phase_of(message)
         new_phase = phase != self.phase
         self.phase = phase
+        self._step = (done, total)
         now = time.monotonic()
         if self._emit is not None and (done >= total or new_phase or now - self._last_emit_s >= self._min_interval_s):
             self._last_emit_s = now
             self._emit(done, total, message)
+
+    def say(self, message: str) -> None:
+        """Report what the job waits for, at the last step reported (always emitted; checks the cancel)."""
+        self.check()
+        if self._emit is not None:
+            self._last_emit_s = time.monotonic()
+            self._emit(*self._step, message)

@@ -180,9 +180,10 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                 journal.done.clear()
             done = sum(len(chunks[i][1]) for i in journal.done if i < len(chunks))
             todo = [(i, chunk, chunk_tiles) for i, (chunk, chunk_tiles) in enumerate(chunks) if i not in journal.done]
+            cluster_run: dict[str, Any] = {}
             if todo:
                 progress.update(done, total, "loading the model")
-                predictor = make_predictor(spec, params)
+                predictor = make_predictor(spec, params, progress=progress)
                 try:
                     if provenance is None:
                         provenance = {
@@ -202,6 +203,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                                    progress, done, total, predictions)
                 finally:
                     predictor.close()
+                    cluster_run = getattr(predictor, "report", dict)()
             progress.update(predictions + 1, total, "writing the outputs")
             result_layers = engine.finish(outputs, provenance, progress)
             outputs.commit()
@@ -222,6 +224,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "provenance": provenance,
         "layers": result_layers,
         "seconds": round(time.monotonic() - started_s, 2),
+        **({"cluster": cluster_run} if cluster_run else {}),
     }
 
 

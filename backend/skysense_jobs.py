@@ -204,12 +204,12 @@ class _BatchTiles:
 
 
 def tile_predictor(job: str, params: dict[str, Any], model: SkySense, model_ref: str, seed: int,
-                   outputs: tuple[str, ...]) -> TilePredictor:
+                   outputs: tuple[str, ...], progress: Progress | None = None) -> TilePredictor:
     """Where the tiles run: on the Ray cluster ``params["cluster"]`` names (its actors load ``model_ref``, a
     folder or configuration the workers can load as this process did), else in this process on the model
     already loaded (loading it again would hold it twice), with the tiles read ahead in a thread."""
     if params.get("cluster"):
-        return make_predictor(skysense_spec(job, model_ref, seed, outputs), params)
+        return make_predictor(skysense_spec(job, model_ref, seed, outputs), params, progress=progress)
     device = next(model.parameters()).device
     return LocalPredictor(SkySenseTileModel(model, device, outputs), prefetch=int(params.get("prefetch") or 2))
 
@@ -377,6 +377,12 @@ def _provenance(job: str, loaded: LoadedModel, params: dict[str, Any], stack: In
     }
 
 
+def _cluster_run(predictor: TilePredictor) -> dict[str, Any]:
+    """``{"cluster": ...}``: what a cluster run did (actors lost, batches resubmitted); empty on one machine."""
+    report = getattr(predictor, "report", None)
+    return {"cluster": report()} if report is not None else {}
+
+
 def _device() -> torch.device:
     return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
@@ -412,13 +418,14 @@ def run_classify(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         try:
             outputs = ("logits", "features") if polygons is not None else ("logits",)
             predictor = tile_predictor("classify", params, model, params["model"], int(params.get("seed") or 0),
-                                       outputs)
+                                       outputs, progress)
             try:
                 provenance = _provenance("classify", loaded, params, stack, modalities, device, predictor)
                 result = _classify(params, progress, model, stack, geometries, polygons, files, provenance,
                                    class_ids, predictor)
             finally:
                 predictor.close()
+            result.update(_cluster_run(predictor))
             files.commit()
         except BaseException:
             files.discard()
@@ -621,20 +628,21 @@ def run_prototypes(params: dict[str, Any], progress: Progress) -> dict[str, Any]
             warnings += prototype_warnings(stack, model, "the prototype map")
         files = OutputFiles(params["out"])
         # The learned prototypes live in this process only: a cluster's actors load them from a scratch copy
-        # in the output folder (where every node of a cluster that writes there can read them), removed after.
+        # in the output folder (sent to the nodes with the job's other model files), removed after.
         learned = files.folder / f".learned-{os.getpid()}" if learned_tiles and params.get("cluster") else None
         try:
             try:
                 if learned is not None:
                     model.save_pretrained(learned)
                 predictor = tile_predictor("prototypes", params, model, str(learned or params["model"]), seed,
-                                           ("prototype_similarity", "region"))
+                                           ("prototype_similarity", "region"), progress)
                 try:
                     provenance = _provenance("prototypes", loaded, params, stack, modalities, device, predictor)
                     provenance["learned_tiles"] = learned_tiles
                     result = _prototypes(params, progress, model, stack, geometries, files, provenance, predictor)
                 finally:
                     predictor.close()
+                result.update(_cluster_run(predictor))
             finally:
                 if learned is not None:
                     shutil.rmtree(learned, ignore_errors=True)

@@ -67,6 +67,16 @@ class PluginSettings:
     def cluster_address(self, value: str) -> None:
         self._settings.setValue(_PREFIX + "cluster", value.strip())
 
+    def cluster_option(self, key: str) -> int:
+        """A Ray placement option of the dock ("actors", "threads", "in_flight"); 0: fitted to the cluster."""
+        try:
+            return max(0, int(self._get("cluster_" + key, "0")))
+        except ValueError:
+            return 0
+
+    def set_cluster_option(self, key: str, value: int) -> None:
+        self._settings.setValue(_PREFIX + "cluster_" + key, str(max(0, int(value))))
+
     def worker_env(self) -> dict:
         """What the worker's environment gets from the settings: the models folder."""
         return {MODELS_DIR_ENV: self.models_dir}

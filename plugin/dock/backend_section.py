@@ -11,6 +11,7 @@ from qgis.gui import QgsFileWidget
 from qgis.PyQt.QtCore import QObject
 from qgis.PyQt.QtWidgets import QMessageBox, QTextBrowser
 
+from ..cluster_placement import ClusterPlacementRow
 from ..diagnostics_dialog import DiagnosticsDialog, DiagnosticsTask
 from ..model_manager_dialog import ModelManagerDialog
 from ..runtime.torch_build import CUDA_BUILDS, TorchBuild
@@ -51,6 +52,10 @@ class BackendSection(QObject):
         dock.clusterEdit.setText(self.settings.cluster_address)
         dock.clusterEdit.editingFinished.connect(
             lambda: setattr(self.settings, "cluster_address", dock.clusterEdit.text()))
+        self.placement = ClusterPlacementRow(self.settings, dock)  # actors, threads, batches in flight
+        dock.clusterPlacement = self.placement
+        dock.backendLayout.insertRow(dock.backendLayout.getWidgetPosition(dock.clusterEdit)[0] + 1, "Ray actors",
+                                     self.placement)
         dock.pythonWidget.fileChanged.connect(self._on_python_changed)
         dock.torchBuildCombo.currentIndexChanged.connect(
             lambda: setattr(self.settings, "torch_build", dock.torchBuildCombo.currentData()))

@@ -25,7 +25,7 @@ DOCK_TASKS = ("segment", "train", "classify", "train-skysense", "prototypes", "i
 #: The SkySense jobs: their inputs come from the date table, their model from the last SkySense training.
 SKYSENSE_GROUP = "SkySense"
 #: Parameters the dock fills from its own widgets; every other one gets a widget in the options form.
-DOCK_SUPPLIED = ("image", "aoi", "labels", "cluster")
+DOCK_SUPPLIED = ("image", "aoi", "labels", "cluster", "actors", "threads", "in_flight")
 
 
 def run_folder(job: str, stamp: Optional[str] = None) -> str:
@@ -141,6 +141,7 @@ class TaskSection(QObject):
         cluster = dock.backend.cluster_address  # the Backend section's Ray cluster
         if "cluster" in names and cluster:
             params["cluster"] = cluster
+            params.update(dock.backend.placement.values(names))
         if self.options_form is not None and self.options_form.spec.name == job:
             params.update(self.options_form.values())
         for param in spec.params:  # a required output folder left empty: a new one in the profile

@@ -40,9 +40,9 @@ def record_predictors(monkeypatch: pytest.MonkeyPatch, **options: Any) -> list[A
     made: list[Any] = []
 
     class Recorded(cluster.RayPredictor):
-        def __init__(self, spec: Any, address: str) -> None:
-            super().__init__(spec, address, **options)
-            made.append(self)
+        def __init__(self, spec: Any, address: str, **given: Any) -> None:
+            made.append(self)  # before the actors start: a test sees a predictor that failed to start
+            super().__init__(spec, address, **{**given, **options})
 
     monkeypatch.setattr(cluster, "RayPredictor", Recorded)
     return made

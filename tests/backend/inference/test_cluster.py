@@ -210,7 +210,7 @@ def test_a_killed_driver_resumes_from_the_windows_written(material: dict[str, Pa
     from backend import segment as segment_module
 
     out = tmp_path / "out"
-    job = params(material, out, cluster="local")
+    job = params(material, out, cluster="local", threads=1)  # one thread per actor, as the reference
     # The killed driver leaves its Ray folder behind: in a short folder of the test's (socket paths
     # must stay under 108 bytes), removed at the end.
     ray_tmp = tempfile.mkdtemp(prefix="tf-test-")

@@ -145,15 +145,19 @@ def test_make_predictor_is_local_without_a_cluster(monkeypatch: pytest.MonkeyPat
 
 
 def test_make_predictor_hands_a_cluster_address_to_ray(monkeypatch: pytest.MonkeyPatch) -> None:
-    made: list[tuple[TileModelSpec, str]] = []
+    made: list[tuple[TileModelSpec, str, dict[str, Any]]] = []
 
     class FakeRay:
         provenance: dict[str, Any] = {}
 
-        def __init__(self, spec: TileModelSpec, address: str) -> None:
-            made.append((spec, address))
+        def __init__(self, spec: TileModelSpec, address: str, **options: Any) -> None:
+            made.append((spec, address, options))
 
     monkeypatch.setitem(sys.modules, "backend.inference.cluster", types.SimpleNamespace(RayPredictor=FakeRay))
     spec = TileModelSpec("segment", {"model": "head", "backbone": None})
     assert isinstance(predictor_module.make_predictor(spec, {"cluster": "ray://10.0.0.5:10001"}), FakeRay)
-    assert made == [(spec, "ray://10.0.0.5:10001")]
+    assert made == [(spec, "ray://10.0.0.5:10001", {"progress": None})]
+    progress = object()
+    predictor_module.make_predictor(spec, {"cluster": "local", "actors": 3, "threads": 2, "in_flight": None},
+                                    progress=progress)
+    assert made[-1] == (spec, "local", {"actors": 3, "threads": 2, "progress": progress})

@@ -33,3 +33,40 @@ def test_strips_give_the_polygons_of_the_whole_raster() -> None:
     river = max((p for p in pieces if p.class_id == 1), key=lambda p: p.pixels)
     assert river.geometry.bounds[1] == 2000.0 - 120
     assert river.geometry.bounds[3] == 2000.0
+
+
+def whole_raster_polygons(classes: np.ndarray, transform: object) -> list[tuple[int, shapely.Geometry]]:
+    return [(int(v), shapely.geometry.shape(g)) for g, v in
+            shapes(classes, mask=classes != 255, connectivity=4, transform=transform)]
+
+
+@pytest.mark.parametrize("strip_rows", [1, 3, 16])
+def test_regions_that_fork_and_join_across_strips_are_the_whole_raster_polygons(
+        strip_rows: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A U joined only below, an inverted U split only below, two squares touching at a corner only
+    (4-connected: two polygons), and speckle; each final polygon is unioned at most once."""
+    classes = np.zeros((16, 12), dtype=np.uint8)
+    classes[2:9, 1] = classes[2:9, 4] = classes[8, 1:5] = 1  # a U: two arms that meet in row 8
+    classes[10, 6:11] = classes[10:15, 6] = classes[10:15, 10] = 2  # an inverted U: one top, two legs
+    classes[3, 7] = classes[4, 8] = 3  # corner contact only
+    rng = np.random.default_rng(4)
+    noisy = rng.random(classes.shape) < 0.08
+    classes[noisy & (classes == 0)] = 4
+    classes[0, 0] = 255
+    transform = from_origin(0.0, 16.0, 1.0, 1.0)
+    calls = []
+    union_all = shapely.union_all
+    monkeypatch.setattr(shapely, "union_all", lambda parts, *a, **k: calls.append(len(parts)) or union_all(parts))
+    polygonizer = StripPolygonizer(transform, classes.shape[0])
+    pieces = []
+    for row in range(0, classes.shape[0], strip_rows):
+        pieces += polygonizer.add_strip(classes[row:row + strip_rows], np.ones(classes[row:row + strip_rows].shape,
+                                                                                dtype=np.float32), row)
+    pieces += polygonizer.finish()
+    whole = whole_raster_polygons(classes, transform)
+    assert len(pieces) == len(whole)
+    for class_id, geometry in whole:  # every region of the whole raster, once, as one polygon
+        (match,) = [p for p in pieces if p.class_id == class_id and p.geometry.equals(geometry)]
+        assert match.pixels == round(geometry.area)
+        assert match.mean_confidence == 1.0
+    assert len(calls) <= len(pieces)
