@@ -17,6 +17,8 @@ from backend.errors import UserError
 from backend.hub.checksums import HASH_RECORD_NAME
 from backend.models.diffusion import DiffusionFeatureExtractor, load_backbone
 from backend.models.diffusion.registry import hub_patterns
+from backend.progress import Progress
+from backend.worker import run_job
 from tests.backend.hub.stand_in_hub import StandInHub
 
 
@@ -105,6 +107,8 @@ def test_hub_ports_and_bin_only_repositories_load_as_the_zenodo_release(tiny_bac
     repos = {"BiliSakura/DiffusionSat-Single-512": port, "terrafuse-test/bin-only": bin_only}
     with StandInHub(repos) as hub:
         hub_settings(hub.endpoint)
+        # A catalogue name is fetched by the model manager (which pins nothing for the ports: unverified).
+        run_job("models", {"action": "download", "name": "diffusionsat-512-hub", "unverified": True}, Progress())
         by_name = load_backbone("diffusionsat-512-hub")
         from_bin = load_backbone("terrafuse-test/bin-only")
     fetched = [path for method, path in hub.requests if method == "GET" and "/resolve/" in path]
