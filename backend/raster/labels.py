@@ -76,6 +76,9 @@ class LabelSet:
         return LabelSet(tuple(self.geometries[i] for i in kept), self.class_index[kept], self.classes, self.crs,
                         self.ids[kept])
 
+    def features_per_class(self) -> np.ndarray:
+        return np.bincount(self.class_index, minlength=len(self.classes))
+
 
 def _colour(value: Any) -> str | None:
     text = str(value or "").strip()

@@ -80,6 +80,10 @@ def test_an_internal_error_keeps_its_traceback_in_the_log(client: WorkerClient) 
         client.run("test_count", {"steps": 5, "step_s": 0, "fail_at": 2})
     assert caught.value.error_type == "RuntimeError"
     assert not caught.value.user_error
+    # The worker's stderr is read by a thread of its own: the traceback may land just after the error message.
+    deadline = time.monotonic() + 10
+    while "slow_jobs.py" not in "\n".join(client.log_lines) and time.monotonic() < deadline:  # type: ignore[attr-defined]
+        time.sleep(0.05)
     log = "\n".join(client.log_lines)  # type: ignore[attr-defined]
     assert "Traceback (most recent call last)" in log
     assert "slow_jobs.py" in log
