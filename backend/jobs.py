@@ -96,6 +96,16 @@ class Param:
         }
 
 
+#: Writing beside files in the output folder that are not the job's outputs (only its own are replaced).
+OVERWRITE_PARAM = Param("overwrite", "bool", "Write into an output folder that holds other files (they are kept; "
+                        "only this job's own outputs are replaced)", False)
+#: Resumable jobs keep their finished tiles in a resume store beside the cache until they complete.
+FRESH_PARAM = Param("fresh", "bool", "Start from the first tile, ignoring the finished tiles a stopped run of the "
+                    "same job left in its resume store", False)
+#: The model's band statistics against the area's (backend/raster/band_check.py).
+RESCALE_PARAM = Param("rescale_per_area", "bool", "Normalise the bands by the area's own percentiles instead of "
+                      "the model's (for data of another scale or type than the model was trained on)", False)
+
 #: Where the tiles run: this machine (empty), or a Ray cluster (backend/inference/cluster.py).
 CLUSTER_PARAM = Param("cluster", "str", "Run the tiles on a Ray cluster: its address (host:port, ray://host:port, "
                       "auto), or 'local' for a Ray instance on this machine; empty: in this process", None)
@@ -254,6 +264,7 @@ register(
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),
             Param("seed", "int", "Random seed (hold-out, initialisation, batches)", 0),
+            OVERWRITE_PARAM,
         ),
         group="Models",
     )
@@ -292,6 +303,9 @@ register(
                   "outputs back to the raster's grid; 0: the raster's own (default: the head's training "
                   "resolution if it records one, else the raster's own)", None),
             CLUSTER_PARAM,
+            OVERWRITE_PARAM,
+            FRESH_PARAM,
+            RESCALE_PARAM,
         ),
         group="Models",
     )
@@ -359,6 +373,9 @@ register(
             Param("top_k", "int", "Classes listed per polygon", 3),
             Param("confidence", "bool", "Also write confidence.tif (probability of the class)", True),
             CLUSTER_PARAM,
+            OVERWRITE_PARAM,
+            FRESH_PARAM,
+            RESCALE_PARAM,
         ),
         group="SkySense",
     )
@@ -406,6 +423,7 @@ register(
             Param("cache_dir", "str", "Folder of the feature cache (default: <Terrafuse cache>/features)", None),
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),
+            OVERWRITE_PARAM,
         ),
         group="SkySense",
     )
@@ -430,6 +448,9 @@ register(
             Param("similarities", "bool", "Also write prototype_similarities.tif (the similarity to every prototype "
                   "of the region, what a click on the map lists)", True),
             CLUSTER_PARAM,
+            OVERWRITE_PARAM,
+            FRESH_PARAM,
+            RESCALE_PARAM,
         ),
         group="SkySense",
     )

@@ -173,9 +173,11 @@ def make_predictor(spec: TileModelSpec, params: dict[str, Any], device: Any = No
     when ``params["cluster"]`` names a cluster address."""
     address = params.get("cluster")
     if address:
+        from ..stop_signals import kept_signal_handlers
         from .cluster import RayPredictor
 
-        return RayPredictor(spec, address)
+        with kept_signal_handlers():  # ray.init makes SIGTERM exit at once; ours stops the job cleanly
+            return RayPredictor(spec, address)
     if device is None:
         from ..training.job import default_device
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import datetime
 import json
 import os
-import shutil
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -150,23 +150,21 @@ class SatDiFuser(nn.Module):
         object.__setattr__(self, "extractor", extractor)
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``head.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete."""
+        """Write ``head.safetensors`` and ``config.json`` into ``folder``, each under a temporary name renamed
+        into place once complete; nothing else in the folder is touched (the job checked it beforehand)."""
         from safetensors.torch import save_file
 
         folder = Path(folder)
-        if folder.exists() and not (folder / HEAD_CONFIG_NAME).is_file() and any(folder.iterdir()):
-            raise UserError(f"{folder} exists and is not a Terrafuse head folder; choose a new or empty folder")
         self.config.created = self.config.created or datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
         self.config.software = {"terrafuse": __version__, "torch": torch.__version__}
-        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-        save_file(state, str(partial / HEAD_WEIGHTS_NAME), metadata={"format": "pt", "fusion": self.config.fusion,
-                                                                       "head": self.config.head})
-        (partial / HEAD_CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
-        replace_folder(partial, folder)
+        with replaced_file(folder / HEAD_WEIGHTS_NAME) as partial:
+            save_file(state, str(partial), metadata={"format": "pt", "fusion": self.config.fusion,
+                                                     "head": self.config.head})
+        with replaced_file(folder / HEAD_CONFIG_NAME) as partial:
+            partial.write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
         return folder
 
     @classmethod
@@ -233,10 +231,12 @@ def check_feature_info(saved: Sequence[dict[str, Any]], current: Sequence[dict[s
                         f"({len(saved)} saved, {len(current)} now); the head needs its own backbone version")
 
 
-def replace_folder(new: Path, target: Path) -> None:
-    """Put the complete folder ``new`` at ``target``; an existing ``target`` is removed only afterwards."""
-    old = target.with_name(f".{target.name}.old-{os.getpid()}")
-    if target.exists():
-        target.rename(old)
-    new.rename(target)
-    shutil.rmtree(old, ignore_errors=True)
+@contextmanager
+def replaced_file(path: Path) -> Iterator[Path]:
+    """A temporary name beside ``path``, renamed to ``path`` when the block succeeds and removed otherwise."""
+    partial = path.with_name(f".{path.name}.partial-{os.getpid()}")
+    try:
+        yield partial
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)

@@ -39,7 +39,7 @@ def test_user_error_exits_2_with_one_line(tmp_path) -> None:
     assert done.stdout == ""
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1
-    assert lines[0].startswith("error: Cannot open the raster")
+    assert lines[0].startswith("error: Input not found") and "missing.tif" in lines[0]
 
 
 def test_every_job_has_a_sub_command() -> None:

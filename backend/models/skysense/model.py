@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 from typing import Any
 
@@ -170,21 +169,19 @@ class SkySense(nn.Module):
 
     # -- save / load ---------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete."""
+        """Write ``model.safetensors`` and ``config.json`` into ``folder``, each under a temporary name renamed
+        into place once complete; nothing else in the folder is touched (the job checked it beforehand)."""
         from safetensors.torch import save_file
 
+        from ..segmenter import replaced_file
+
         folder = Path(folder)
-        if folder.exists() and not (folder / CONFIG_NAME).is_file() and any(folder.iterdir()):
-            raise UserError(f"{folder} exists and is not a Terrafuse SkySense folder; choose a new or empty folder")
-        partial = folder.with_name(f".{folder.name}.partial-{os.getpid()}")
-        shutil.rmtree(partial, ignore_errors=True)
-        partial.mkdir(parents=True)
+        folder.mkdir(parents=True, exist_ok=True)
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-        save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
-        (partial / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
-        if folder.exists():
-            shutil.rmtree(folder)
-        partial.rename(folder)
+        with replaced_file(folder / WEIGHTS_NAME) as partial:
+            save_file(state, str(partial), metadata={"format": "pt"})
+        with replaced_file(folder / CONFIG_NAME) as partial:
+            partial.write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
         return folder
 
     @classmethod
