@@ -138,8 +138,8 @@ def check_output_folder(folder: Path, patterns: tuple[str, ...], inputs: list[Pa
     if others and not overwrite:
         shown = ", ".join(others[:3]) + (f" and {len(others) - 3} more" if len(others) > 3 else "")
         raise UserError(f"The output folder {folder} ({label}) holds files that are not this job's outputs "
-                        f"({shown}); choose a new or empty folder, or overwrite (--overwrite) to write beside "
-                        "them: only the job's own outputs are replaced")
+                        f"({shown}); choose a new or empty folder, or the option overwrite (--overwrite) to write "
+                        "beside them: only the job's own outputs are replaced")
 
 
 def check_room(folder: Path, need_bytes: int, label: str) -> None:

@@ -105,13 +105,14 @@ def check_bands(trained: dict[str, Any] | None, low: Sequence[float], high: Sequ
                 f"{band}: 2nd-98th percentile {_number(low_a[i])}-{_number(high_a[i])}), but this area's band {band} "
                 f"({area_dtypes[i] if i < len(area_dtypes) else '?'}) lies around {_number(area_median[i])}: data "
                 f"of another scale ({times}). Give it data like the model's, or normalise by the area's own "
-                "percentiles with --rescale-per-area")
+                "percentiles with the option rescale_per_area (--rescale-per-area)")
     inside = ((area >= low_a[:, None]) & (area <= high_a[:, None])).all(axis=0)
     clipped = 1.0 - float(inside.mean())
     if clipped > WARN_CLIPPED_SHARE:
         fate = "and are clipped" if clips else "(far from what it learned)"
         return [f"{clipped:.0%} of the area's {prefix}pixels lie outside the band range the model was trained on "
-                f"{fate}: expect a wrong map there; --rescale-per-area normalises by the area's own percentiles"]
+                f"{fate}: expect a wrong map there; the option rescale_per_area (--rescale-per-area) normalises by "
+                "the area's own percentiles"]
     return []
 
 
