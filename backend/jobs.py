@@ -289,7 +289,8 @@ register(
             Param("backbone", "str", "Backbone to use instead of the one recorded in the head (same sha256)", None),
             Param("bands", "str", "Raster bands fed as red, green, blue, e.g. 3,2,1 or 1 (default: the head's)",
                   None),
-            Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),
+            Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile; half a tile "
+                  "when gsd_m is finer than the raster's)", None),
             Param("batch_size", "int", "Tiles per backbone call (default: 4 on the CPU, 16 on a GPU; halved when "
                   "the GPU runs out of memory)", None),
             Param("precision", "choice", "Precision of the backbone: auto is bfloat16 (or float16) autocast on a "

@@ -149,11 +149,11 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         window, local_area = area_window(src, area)
         bands = model_bands(params["bands"], list(config.bands), src)
         tile_px = config.tile_px
-        overlap_px = params["overlap_px"] if params["overlap_px"] is not None else tile_px // 4
-        if not 0 <= overlap_px < tile_px:
-            raise UserError(f"overlap_px must lie in 0..{tile_px - 1} for tiles of {tile_px} px; got {overlap_px}")
         gsd_m = working_gsd(params.get("gsd_m"), config)
         grid = working_grid(src, gsd_m)
+        overlap_px = params["overlap_px"] if params["overlap_px"] is not None else default_overlap(tile_px, grid)
+        if not 0 <= overlap_px < tile_px:
+            raise UserError(f"overlap_px must lie in 0..{tile_px - 1} for tiles of {tile_px} px; got {overlap_px}")
         if grid is None:
             source, work_window, work_area = src, window, local_area
         else:
@@ -236,6 +236,17 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "layers": result_layers,
         "seconds": round(time.monotonic() - started_s, 2),
     }
+
+
+def default_overlap(tile_px: int, grid: WorkingGrid | None) -> int:
+    """A quarter tile; half a tile when the model works on finer pixels than the raster's. A tile model's
+    output depends a little on where a pixel lies in its tile (zero padding reaches the whole tile at the
+    UNet's coarsest level: the bundled backbone's confidence over a constant tile runs from 0.35 in the west
+    to 0.77 in the east). The texture of real pixels hides it; upsampled pixels are smooth and it shows as
+    stripes at the tile stride (0.23 peak to peak when blended at a quarter tile, 0.013 at half)."""
+    if grid is not None and min(grid.zoom) > 1.0:
+        return tile_px // 2
+    return tile_px // 4
 
 
 def area_normalisation(src: rasterio.io.DatasetReader, window: Window, bands: tuple[int, ...], config: Any,
