@@ -303,21 +303,20 @@ def _grid_cells(params: dict[str, Any]) -> int:
     """Cells of the common grid at ``grid_gsd_m`` over the largest input raster (an upper bound)."""
     gsd = float(params.get("grid_gsd_m") or 10.0)
     paths = [params.get("hr")] + [p for key in _INPUT_LISTS for p in str(params.get(key) or "").split(",")]
-    cells = 0
-    for path in filter(None, (p.strip() if isinstance(p, str) else p for p in paths)):
-        try:
-            import rasterio
+    return max([_cells_of(str(p).strip(), gsd) for p in paths if p and str(p).strip()] or [0])
 
-            from .raster.area import pixel_size_m
 
-            with rasterio.open(str(path)) as src:
-                size = pixel_size_m(src.crs, src.transform, (src.bounds.bottom + src.bounds.top) / 2) \
-                    if src.crs else None
-                if size:
-                    cells = max(cells, int(src.width * size[0] * src.height * size[1] / gsd**2))
-        except Exception:  # noqa: BLE001 - the job reports an unreadable raster in its own words
-            continue
-    return cells
+def _cells_of(path: str, gsd: float) -> int:
+    try:
+        import rasterio
+
+        from .raster.area import pixel_size_m
+
+        with rasterio.open(path) as src:
+            size = pixel_size_m(src.crs, src.transform, (src.bounds.bottom + src.bounds.top) / 2) if src.crs else None
+            return int(src.width * size[0] * src.height * size[1] / gsd**2) if size else 0
+    except Exception:  # noqa: BLE001 - the job reports an unreadable raster in its own words
+        return 0
 
 
 @contextmanager
