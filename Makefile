@@ -28,10 +28,12 @@ system:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends $(APT_PACKAGES) >/dev/null; fi
 
-# The backend worker's isolated environment, pinned.
-$(VENV)/.installed: requirements/backend.txt | system
+# The backend worker's isolated environment, pinned; the backend itself installed editable into it (the
+# `terrafuse` command, and `python -m backend` from any folder).
+$(VENV)/.installed: requirements/backend.txt pyproject.toml | system
 	test -x $(VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/backend.txt
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
 	touch $@
 
 $(VENV)/.dev-installed: requirements/dev.txt $(VENV)/.installed

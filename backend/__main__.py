@@ -1,7 +1,10 @@
-"""The command line: ``python -m backend <job> [params]``, one sub-command per registered job.
+"""The command line: ``terrafuse <job> [params]`` (or ``python -m backend``), one sub-command per job.
 
-Prints the job's result as JSON on stdout, progress on stderr; a user error exits 2 with one
-line, an internal error exits 1 with its traceback.
+Prints the job's result as JSON on stdout, progress on stderr; a user error (and a failure the user
+can fix: a full disk, a read-only folder, a missing file) exits 2 with one line, an internal error
+exits 1 with its traceback. SIGTERM and SIGHUP stop a job as Ctrl-C does: its temporary outputs are
+removed, its finished tiles stay in its resume store (:mod:`.raster.resume`), and the same command
+resumes; it exits 128 + the signal's number.
 """
 
 from __future__ import annotations
@@ -10,19 +13,21 @@ import argparse
 import json
 import logging
 import os
+import signal
 import sys
 from typing import Any
 
 from . import __version__, jobs
-from .errors import JobCancelled, UserError
+from .errors import JobCancelled, UserError, user_message
 from .progress import Progress
+from .stop_signals import Stopped, install_stop_handlers
 from .worker import run_job
 
 _ARG_TYPES = {"int": int, "float": float}
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m backend", description="Terrafuse backend jobs.")
+    parser = argparse.ArgumentParser(prog="terrafuse", description="Terrafuse backend jobs.")
     parser.add_argument("--version", action="version", version=f"terrafuse-backend {__version__}")
     parser.add_argument("--quiet", action="store_true", help="no progress on stderr")
     sub = parser.add_subparsers(dest="job", required=True, metavar="JOB")
@@ -62,6 +67,7 @@ def _print_progress(done: int, total: int, message: str) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    install_stop_handlers()
     parser = build_parser()
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="%(levelname)s %(name)s: %(message)s")
@@ -74,9 +80,19 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    except (KeyboardInterrupt, JobCancelled):
-        print("cancelled", file=sys.stderr)
-        return 130
+    except (KeyboardInterrupt, JobCancelled) as exc:
+        signum = exc.signum if isinstance(exc, Stopped) else int(signal.SIGINT)
+        how = f"stopped by {signal.Signals(signum).name}" if isinstance(exc, Stopped) else "cancelled"
+        print(f"{how}: nothing of this run is left in the output folder; the same command resumes from its "
+              "finished tiles (--fresh starts again)", file=sys.stderr)
+        return 128 + signum
+    except Exception as exc:
+        message = user_message(exc)
+        if message is None:
+            raise
+        logging.getLogger("terrafuse").debug("failed", exc_info=True)
+        print(f"error: {message}", file=sys.stderr)
+        return 2
     for warning in (result.get("warnings") or []) if isinstance(result, dict) else []:
         print(f"warning: {warning}", file=sys.stderr)
     json.dump(result, out, indent=2)

@@ -178,7 +178,20 @@ PRESENTATION: dict[str, tuple[str, str]] = {
     "learn": ("Learn prototypes", "essential"),
     "save_model": ("Save the model to", "output"),
     "similarities": ("Similarity raster", "output"),
+    "overwrite": ("Overwrite", "output"),
+    "fresh": ("Start afresh", "advanced"),
+    "rescale_per_area": ("Rescale per area", "advanced"),
 }
+
+#: Writing beside files in the output folder that are not the job's outputs (only its own are replaced).
+OVERWRITE_PARAM = Param("overwrite", "bool", "Write into an output folder that holds other files (they are kept; "
+                        "only this job's own outputs are replaced)", False)
+#: Resumable jobs keep their finished tiles in a resume store beside the cache until they complete.
+FRESH_PARAM = Param("fresh", "bool", "Start from the first tile, ignoring the finished tiles a stopped run of the "
+                    "same job left in its resume store", False)
+#: The model's band statistics against the area's (backend/raster/band_check.py).
+RESCALE_PARAM = Param("rescale_per_area", "bool", "Normalise the bands by the area's own percentiles instead of "
+                      "the model's (for data of another scale or type than the model was trained on)", False)
 
 #: Where the tiles run: this machine (empty), or a Ray cluster (backend/inference/cluster.py).
 CLUSTER_PARAM = Param("cluster", "str", "Run the tiles on a Ray cluster: its address (host:port, ray://host:port, "
@@ -365,6 +378,7 @@ register(
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),
             Param("seed", "int", "Random seed (hold-out, initialisation, batches)", 0),
+            OVERWRITE_PARAM,
         ),
         group="Models",
     )
@@ -393,7 +407,8 @@ register(
                   None, group="advanced"),
             Param("bands", "str", "Raster bands fed as red, green, blue, e.g. 3,2,1 or 1 (default: the head's)",
                   None),
-            Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile)", None),
+            Param("overlap_px", "int", "Overlap of neighbouring tiles in pixels (default: a quarter tile; half a tile "
+                  "when gsd_m is finer than the raster's)", None),
             Param("batch_size", "int", "Tiles per backbone call (default: 4 on the CPU, 16 on a GPU; halved when "
                   "the GPU runs out of memory)", None),
             Param("precision", "choice", "Precision of the backbone: auto is bfloat16 (or float16) autocast on a "
@@ -407,6 +422,9 @@ register(
                   "outputs back to the raster's grid; 0: the raster's own (default: the head's training "
                   "resolution if it records one, else the raster's own)", None),
             *CLUSTER_PARAMS,
+            OVERWRITE_PARAM,
+            FRESH_PARAM,
+            RESCALE_PARAM,
         ),
         group="Models",
     )
@@ -476,6 +494,9 @@ register(
             Param("top_k", "int", "Classes listed per polygon", 3),
             Param("confidence", "bool", "Also write confidence.tif (probability of the class)", True),
             *CLUSTER_PARAMS,
+            OVERWRITE_PARAM,
+            FRESH_PARAM,
+            RESCALE_PARAM,
         ),
         group="SkySense",
     )
@@ -526,6 +547,7 @@ register(
                   "nothing else there is touched; default: the Terrafuse cache)", None),
             Param("cache_max_mb", "int", "Size bound of the feature cache in MB (least recently used tiles go "
                   "first)", 2048),
+            OVERWRITE_PARAM,
         ),
         group="SkySense",
     )
@@ -551,6 +573,9 @@ register(
             Param("similarities", "bool", "Also write prototype_similarities.tif (the similarity to every prototype "
                   "of the region, what a click on the map lists)", True),
             *CLUSTER_PARAMS,
+            OVERWRITE_PARAM,
+            FRESH_PARAM,
+            RESCALE_PARAM,
         ),
         group="SkySense",
     )

@@ -18,15 +18,16 @@ and brought back to the raster's grid window by window (classes nearest, scores 
 
 Outputs in the chosen folder: ``classes.tif`` (+ RAT in ``classes.tif.aux.xml``, ``classes.qml``),
 ``confidence.tif``, ``uncertainty.tif`` and ``classes.gpkg`` (+ ``classes_polygons.qml``), all written
-under temporary names and renamed into place together when complete. A journal beside them
-(:mod:`.raster.journal`) records the chunks written, so a run after a killed one skips them; a cancel or
-an error removes everything.
+under temporary names and renamed into place together when complete; a stop of any kind leaves none of
+them. The finished work survives in the job's resume store beside the cache (:mod:`.raster.resume`): the
+final rows of each chunk and, after each row of tiles, the blending state, so a run after a stopped or
+killed one redoes at most one row of tiles; ``fresh`` starts again. The store goes when the job completes.
 """
 
 from __future__ import annotations
 
 import datetime
-import json
+import logging
 import math
 import time
 from collections import deque
@@ -50,13 +51,15 @@ from .inference.predictor import TilePredictor, make_predictor
 from .inference.tile_model import TileModelSpec, model_sha256
 from .progress import Progress
 from .raster.area import AreaOfInterest, area_window, covering_window, read_area
-from .raster.bands import BandNormalisation, parse_bands, read_bands
+from .raster.band_check import area_sample, check_bands
+from .raster.bands import BandNormalisation, parse_bands, percentile_normalisation, read_bands
 from .raster.blending import ScoreStrip, StripAccumulator, finished_row
 from .raster.chunks import chunk_windows, strip_windows, tiles_touching
 from .raster.inspect import open_raster
-from .raster.journal import JOURNAL_NAME, Journal, fingerprint, input_facts
+from .raster.journal import fingerprint, input_facts
 from .raster.polygons import PolygonLayerWriter, StripPolygonizer
 from .raster.resample import WorkingGrid, working_grid
+from .raster.resume import ResumeStore
 from .raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml, write_style
 from .raster.tiles import blend_weights, tile_windows
 from .raster.writers import (
@@ -69,6 +72,7 @@ from .raster.writers import (
     write_attribute_table,
 )
 
+LOG = logging.getLogger("terrafuse.segment")
 CLASS_RASTER_NAME = "classes.tif"
 CLASS_STYLE_NAME = "classes.qml"
 CLASS_POLYGONS_NAME = "classes.gpkg"
@@ -88,7 +92,7 @@ CHUNK_PX = 4096
 #: this many bytes of class ids and confidence (5 bytes a pixel) per strip, one block row at the least.
 READBACK_BYTES = 8 * 2**20
 #: Changes whenever the engine would write other pixels for the same inputs (part of the fingerprint).
-ENGINE_VERSION = 2
+ENGINE_VERSION = 3
 
 
 def model_bands(bands_text: str | None, head_bands: list[int], src: rasterio.io.DatasetReader) -> tuple[int, ...]:
@@ -145,11 +149,11 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         window, local_area = area_window(src, area)
         bands = model_bands(params["bands"], list(config.bands), src)
         tile_px = config.tile_px
-        overlap_px = params["overlap_px"] if params["overlap_px"] is not None else tile_px // 4
-        if not 0 <= overlap_px < tile_px:
-            raise UserError(f"overlap_px must lie in 0..{tile_px - 1} for tiles of {tile_px} px; got {overlap_px}")
         gsd_m = working_gsd(params.get("gsd_m"), config)
         grid = working_grid(src, gsd_m)
+        overlap_px = params["overlap_px"] if params["overlap_px"] is not None else default_overlap(tile_px, grid)
+        if not 0 <= overlap_px < tile_px:
+            raise UserError(f"overlap_px must lie in 0..{tile_px - 1} for tiles of {tile_px} px; got {overlap_px}")
         if grid is None:
             source, work_window, work_area = src, window, local_area
         else:
@@ -163,7 +167,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                                          "precision": params["precision"], "compile": bool(params["compile"]),
                                          "unet_folder": params.get("unet_folder")})
         head_sha256 = model_sha256(spec)
-        normalisation = BandNormalisation(bands, tuple(config.band_low), tuple(config.band_high))
+        normalisation, warnings = area_normalisation(src, window, bands, config, bool(params.get("rescale_per_area")))
         parameters = {**params, "bands": list(bands), "overlap_px": overlap_px, "tile_px": tile_px,
                       "batch_size": batch_size, "gsd_m": grid.gsd_m if grid else None}
         job_fingerprint = fingerprint({
@@ -171,42 +175,50 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
             "aoi": input_facts(params["aoi"]) if params["aoi"] else None, "model": spec.params,
             "model_sha256": head_sha256, "config": config.to_json(), "bands": list(bands),
             "tile_px": tile_px, "overlap_px": overlap_px, "gsd_m": grid.gsd_m if grid else None,
+            "normalisation": normalisation.to_json(),
             "outputs": [bool(params[k]) for k in ("confidence", "uncertainty", "polygons")]})
         engine = _ChunkedSegmentation(src, window, local_area, config.classes, params)
-        with OutputFiles(Path(params["out"]), tag=job_fingerprint[:12]) as outputs:
-            journal = engine.prepare(outputs, job_fingerprint, grid, source, work_window, work_area)
-            provenance = engine.read_provenance() if journal.done else None
-            if provenance is None:  # nothing usable from an earlier run: every chunk from the start
-                journal.done.clear()
-            done = sum(len(chunks[i][1]) for i in journal.done if i < len(chunks))
-            todo = [(i, chunk, chunk_tiles) for i, (chunk, chunk_tiles) in enumerate(chunks) if i not in journal.done]
+        store = ResumeStore(job_fingerprint, params["out"], fresh=bool(params.get("fresh")))
+        with OutputFiles(Path(params["out"])) as outputs:
+            engine.prepare(outputs, grid, source, work_window, work_area)
+            provenance = store.extra.get("provenance") if store.resumed else None
+            if provenance is None and store.resumed:  # a store without its provenance: start again
+                store.remove()
+            done = sum(min(store.chunk(i).tiles, len(chunk_tiles)) for i, (_, chunk_tiles) in enumerate(chunks))
+            todo = [(i, chunk, chunk_tiles) for i, (chunk, chunk_tiles) in enumerate(chunks)
+                    if not store.chunk(i).done]
+            predictor = None
             cluster_run: dict[str, Any] = {}
-            if todo:
-                progress.update(done, total, "loading the model")
-                predictor = make_predictor(spec, params, progress=progress)
-                try:
-                    if provenance is None:
-                        provenance = {
-                            "job": "segment", "model": str(Path(params["model"]).resolve()),
-                            "checkpoint_sha256": head_sha256, "head_sha256": head_sha256,
-                            **predictor.provenance, "fusion": config.fusion, "head": config.head,
-                            "timesteps": config.timesteps, "classes": config.classes, "bands": list(bands),
-                            "normalisation": {"low": list(config.band_low), "high": list(config.band_high)},
-                            "parameters": parameters, "image": str(Path(params["image"]).resolve()),
-                            "aoi": params["aoi"], "device": _device_name(predictor), "terrafuse": __version__,
-                            "versions": _versions(),
-                            "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-                        }
-                    engine.create(provenance, fresh=not journal.done)
-                    journal.save()  # names the temporary files, for a later run to resume or clear
-                    engine.predict(predictor, source, todo, normalisation, overlap_px, batch_size, journal,
+            try:
+                if todo:
+                    progress.update(done, total, "loading the model")
+                    predictor = make_predictor(spec, params, progress=progress)
+                if provenance is None:
+                    provenance = {
+                        "job": "segment", "model": str(Path(params["model"]).resolve()),
+                        "checkpoint_sha256": head_sha256, "head_sha256": head_sha256,
+                        **(predictor.provenance if predictor else {}), "fusion": config.fusion,
+                        "head": config.head, "timesteps": config.timesteps, "classes": config.classes,
+                        "bands": list(bands), "normalisation": normalisation.to_json(),
+                        "parameters": parameters, "image": str(Path(params["image"]).resolve()),
+                        "aoi": params["aoi"], "device": _device_name(predictor) if predictor else "",
+                        "terrafuse": __version__, "versions": _versions(),
+                        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+                    }
+                    store.set_extra(provenance=provenance)
+                engine.create(provenance)
+                engine.restore(store, len(chunks))
+                if predictor is not None:
+                    engine.predict(predictor, source, todo, normalisation, overlap_px, batch_size, store,
                                    progress, done, total, predictions)
-                finally:
+            finally:
+                if predictor is not None:
                     predictor.close()
                     cluster_run = getattr(predictor, "report", dict)()
             progress.update(predictions + 1, total, "writing the outputs")
             result_layers = engine.finish(outputs, provenance, progress)
             outputs.commit()
+        store.remove()
     progress.update(total, total, "done")
     counts = engine.counts
     return {
@@ -217,15 +229,46 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "polygons": engine.polygon_count,
         "width": int(window.width), "height": int(window.height), "tiles": len(tiles), "tile_px": tile_px,
         "overlap_px": overlap_px, "gsd_m": grid.gsd_m if grid else None,
-        "chunks": len(chunks), "chunks_resumed": len(chunks) - len(todo), "tile_predictions": predictions - done,
+        "chunks": len(chunks), "chunks_resumed": len(chunks) - len(todo), "tiles_resumed": done,
+        "tile_predictions": predictions - done,
         "class_px": {c["name"]: int(counts[int(c["id"])]) for c in config.classes},
         "nodata_px": int(counts[CLASS_NODATA]),
         "device": provenance.get("device", ""),
         "provenance": provenance,
+        "warnings": warnings,
         "layers": result_layers,
         "seconds": round(time.monotonic() - started_s, 2),
         **({"cluster": cluster_run} if cluster_run else {}),
     }
+
+
+def default_overlap(tile_px: int, grid: WorkingGrid | None) -> int:
+    """A quarter tile; half a tile when the model works on finer pixels than the raster's. A tile model's
+    output depends a little on where a pixel lies in its tile (zero padding reaches the whole tile at the
+    UNet's coarsest level: the bundled backbone's confidence over a constant tile runs from 0.35 in the west
+    to 0.77 in the east). The texture of real pixels hides it; upsampled pixels are smooth and it shows as
+    stripes at the tile stride (0.23 peak to peak when blended at a quarter tile, 0.013 at half)."""
+    if grid is not None and min(grid.zoom) > 1.0:
+        return tile_px // 2
+    return tile_px // 4
+
+
+def area_normalisation(src: rasterio.io.DatasetReader, window: Window, bands: tuple[int, ...], config: Any,
+                       per_area: bool) -> tuple[BandNormalisation, list[str]]:
+    """The head's band normalisation, once the area's bands are checked against the statistics the head
+    keeps of its training data (:mod:`.raster.band_check`: data of another scale is refused, much clipping
+    is warned of); with ``per_area``, the area's own 2nd-98th percentiles instead."""
+    sample = area_sample(src, window, bands)
+    if per_area:
+        if sample.shape[1] == 0:
+            raise UserError("The area holds no valid pixel: every pixel is nodata or outside the area")
+        data = sample.astype(np.float32)[:, None, :]
+        return percentile_normalisation([(data, np.ones(data.shape[1:], dtype=bool))], bands), []
+    warnings = check_bands((config.training or {}).get("band_statistics"), config.band_low, config.band_high,
+                           sample, [src.dtypes[b - 1] for b in bands], bands)
+    for warning in warnings:
+        LOG.warning("%s", warning)
+    return BandNormalisation(bands, tuple(config.band_low), tuple(config.band_high)), warnings
 
 
 def default_batch_size(params: dict[str, Any]) -> int:
@@ -275,45 +318,22 @@ class _ChunkedSegmentation:
     def _wants_confidence(self) -> bool:
         return bool(self.params["confidence"] or self.params["polygons"])
 
-    def prepare(self, outputs: OutputFiles, job_fingerprint: str, grid: WorkingGrid | None,
-                source: Any, work_window: Window, work_area: AreaOfInterest | None) -> Journal:
-        """Name every temporary file and find the journal of an interrupted run of this job."""
+    def prepare(self, outputs: OutputFiles, grid: WorkingGrid | None, source: Any, work_window: Window,
+                work_area: AreaOfInterest | None) -> None:
+        """Name every temporary file: the outputs themselves on the native grid, scratch files otherwise."""
         self._grid, self._work_window, self._work_area = grid, work_window, work_area
         self._work_transform = source.window_transform(work_window)
         names = {"classes": CLASS_RASTER_NAME, "confidence": CONFIDENCE_NAME, "uncertainty": UNCERTAINTY_NAME}
         wanted = ["classes"] + (["confidence"] if self._wants_confidence else []) + \
             (["uncertainty"] if self.params["uncertainty"] else [])
-        # The rasters chunks go into: the outputs themselves on the native grid; scratch files otherwise.
         for key in wanted:
-            final_is_predicted = grid is None and (key != "confidence" or self.params["confidence"])
-            self._predicted[key] = outputs.temporary_name(names[key] if final_is_predicted else f"working-{key}.tif")
-        folder_existed = outputs.folder.exists()
-        journal = Journal.resume(outputs.folder, job_fingerprint, [p.name for p in self._predicted.values()],
-                                 created_folder=not folder_existed)
-        keep = bool(journal.done)
-        for key, path in self._predicted.items():
-            if path.name == outputs.temporary_name(names[key]).name:
-                self._partials[names[key]] = outputs.partial(names[key], keep=keep)
+            if grid is None and (key != "confidence" or self.params["confidence"]):
+                self._predicted[key] = self._partials[names[key]] = outputs.partial(names[key])
             else:
-                outputs.scratch(path.name, keep=keep)
-        outputs.scratch(JOURNAL_NAME, keep=True)
-        if journal.created_folder:
-            outputs.mark_created_folder()
-        journal.created_folder = outputs.created_folder
-        return journal
+                self._predicted[key] = outputs.scratch(outputs.temporary_name(f"working-{key}.tif").name)
 
-    def read_provenance(self) -> dict[str, Any] | None:
-        """The provenance an interrupted run of this job wrote into its class raster."""
-        try:
-            with rasterio.open(self._predicted["classes"]) as dst:
-                return json.loads(dst.tags()["TERRAFUSE_PROVENANCE"])
-        except (rasterio.errors.RasterioIOError, KeyError, ValueError):
-            return None
-
-    def create(self, provenance: dict[str, Any], fresh: bool) -> None:
+    def create(self, provenance: dict[str, Any]) -> None:
         """Empty prediction rasters (sparse: blocks are written once, by their chunk)."""
-        if not fresh:
-            return
         width, height = int(self._work_window.width), int(self._work_window.height)
         args = (width, height, self._work_transform, self.crs)
         with open_class_raster(self._predicted["classes"], *args, self.classes, provenance):
@@ -324,16 +344,27 @@ class _ChunkedSegmentation:
                 with open_score_raster(self._predicted[key], *args, description, provenance):
                     pass
 
+    def restore(self, store: ResumeStore, chunks: int) -> None:
+        """The final rows a stopped run of this job kept in its resume store, into the prediction rasters."""
+        names = [name for index in range(chunks) for name in store.chunk(index).strips]
+        if not names:
+            return
+        with ExitStack() as files:
+            datasets = {key: files.enter_context(rasterio.open(path, "r+")) for key, path in self._predicted.items()}
+            for name in names:
+                self._write_arrays(datasets, store.read(name))
+
     def predict(self, predictor: TilePredictor, source: Any, todo: list[tuple[int, Window, list[Window]]],
-                normalisation: BandNormalisation, overlap_px: int, batch_size: int, journal: Journal,
+                normalisation: BandNormalisation, overlap_px: int, batch_size: int, store: ResumeStore,
                 progress: Progress, done: int, total: int, predictions: int) -> None:
-        """Every chunk of ``todo``: its tiles through ``predictor``, blended, written, journalled."""
-        batches_meta: deque[tuple[int, Window, list[Window], list[np.ndarray], Window | None]] = deque()
+        """The remaining tiles of every chunk of ``todo`` through ``predictor``, blended, written, and kept in
+        the resume store: the final rows as they come, the blending state after each row of tiles."""
+        batches_meta: deque[tuple[int, Window, list[Window], list[Window], list[np.ndarray], int]] = deque()
 
         def batches() -> Iterator[np.ndarray]:
             # Runs in the predictor's reading thread, which alone reads ``source`` while it runs.
             for index, chunk, chunk_tiles in todo:
-                for start in range(0, len(chunk_tiles), batch_size):
+                for start in range(store.chunk(index).tiles, len(chunk_tiles), batch_size):
                     batch = chunk_tiles[start:start + batch_size]
                     images, valids = [], []
                     for tile in batch:
@@ -342,42 +373,53 @@ class _ChunkedSegmentation:
                         image[:, ~valid] = 0.0
                         images.append(image)
                         valids.append(valid)
-                    following = chunk_tiles[start + batch_size] if start + batch_size < len(chunk_tiles) else None
-                    batches_meta.append((index, chunk, batch, valids, following))
+                    batches_meta.append((index, chunk, chunk_tiles, batch, valids, start + len(batch)))
                     yield np.stack(images)
 
         outputs = predictor.map(batches())
         try:
-            with ExitStack() as chunk_files:
+            with ExitStack() as files:
+                datasets = {key: files.enter_context(rasterio.open(path, "r+"))
+                            for key, path in self._predicted.items()}
                 accumulator: StripAccumulator | None = None
-                datasets: dict[str, Any] = {}
+                current, since, row_tiles = -1, 0, 1
+                strips: list[dict[str, np.ndarray]] = []
                 for probabilities in outputs:
-                    index, chunk, batch, valids, following = batches_meta.popleft()
+                    index, chunk, chunk_tiles, batch, valids, end = batches_meta.popleft()
                     progress.check()
-                    if accumulator is None:
-                        accumulator = StripAccumulator(len(self.classes), chunk)
-                        datasets = {key: chunk_files.enter_context(rasterio.open(path, "r+"))
-                                    for key, path in self._predicted.items()}
+                    if accumulator is None or index != current:
+                        saved = store.chunk(index)
+                        accumulator = StripAccumulator.restore(len(self.classes), chunk, store.read(saved.state)) \
+                            if saved.state else StripAccumulator(len(self.classes), chunk)
+                        current, since, strips = index, 0, []
+                        row_tiles = sum(1 for t in chunk_tiles if t.row_off == chunk_tiles[0].row_off)
                     for tile, tile_scores, valid in zip(batch, probabilities, valids):
                         accumulator.add(tile, tile_scores, valid, blend_weights(valid.shape, overlap_px))
                         done += 1
                         progress.update(done, total, f"tile {done} of {predictions}")
+                    since += len(batch)
+                    following = chunk_tiles[end] if end < len(chunk_tiles) else None
                     row_end = finished_row(int(following.row_off) if following else None, chunk, BLOCK_PX)
                     strip = accumulator.pop(row_end)
                     if strip is not None:
-                        self._write(datasets, strip, chunk)
-                    if following is None:  # the chunk is complete: on disk before the journal says so
-                        chunk_files.close()
+                        arrays = self._strip_arrays(strip, chunk)
+                        self._write_arrays(datasets, arrays)
+                        strips.append(arrays)
+                    if following is None:  # the chunk is complete
+                        store.checkpoint(index, end, strips, None, done=True)
                         accumulator = None
-                        journal.mark_done(index)
+                    elif since >= row_tiles:  # a row of tiles since the last checkpoint
+                        store.checkpoint(index, end, strips, accumulator.state(), done=False)
+                        since, strips = 0, []
         finally:
             outputs.close()  # on a cancel or an error, the reading stops here
-        missing = [index for index, _, _ in todo if index not in journal.done]
+        missing = [index for index, _, _ in todo if not store.chunk(index).done]
         if missing:
             raise RuntimeError(f"The predictor stopped before chunks {missing} were predicted")
 
-    def _write(self, datasets: dict[str, Any], strip: ScoreStrip, chunk: Window) -> None:
-        """Classes, confidence and uncertainty of a finished strip of a chunk, as one window."""
+    def _strip_arrays(self, strip: ScoreStrip, chunk: Window) -> dict[str, np.ndarray]:
+        """Classes, confidence and uncertainty of a finished strip of a chunk, with its place in the work
+        window (``row_off``, ``col_off``)."""
         row0 = strip.row_off - int(self._work_window.row_off)
         col0 = int(chunk.col_off) - int(self._work_window.col_off)
         probabilities = strip.probabilities()
@@ -390,12 +432,20 @@ class _ChunkedSegmentation:
         class_ids = self.class_ids[index]
         class_ids[invalid] = CLASS_NODATA
         confidence[invalid] = SCORE_NODATA
-        out_window = Window(col0, row0, int(chunk.width), strip.height)
-        datasets["classes"].write(class_ids, 1, window=out_window)
-        if "confidence" in datasets:
-            datasets["confidence"].write(confidence.astype(np.float32), 1, window=out_window)
-        if "uncertainty" in datasets:
-            datasets["uncertainty"].write(_normalised_entropy(probabilities, invalid), 1, window=out_window)
+        arrays = {"row_off": np.array(row0, dtype=np.int64), "col_off": np.array(col0, dtype=np.int64),
+                  "classes": class_ids}
+        if "confidence" in self._predicted:
+            arrays["confidence"] = confidence.astype(np.float32)
+        if "uncertainty" in self._predicted:
+            arrays["uncertainty"] = _normalised_entropy(probabilities, invalid)
+        return arrays
+
+    @staticmethod
+    def _write_arrays(datasets: dict[str, Any], arrays: dict[str, np.ndarray]) -> None:
+        height, width = arrays["classes"].shape
+        window = Window(int(arrays["col_off"]), int(arrays["row_off"]), width, height)
+        for key, dst in datasets.items():
+            dst.write(arrays[key], 1, window=window)
 
     def _to_native(self, outputs: OutputFiles, provenance: dict[str, Any], progress: Progress) -> None:
         """The working-grid predictions on the raster's grid, window by window: classes nearest, scores

@@ -47,6 +47,7 @@ from rasterio.windows import Window
 from . import __version__
 from .errors import UserError
 from .inference.predictor import LocalPredictor, TilePredictor, make_predictor
+from .inference.resumable import ResumablePredictor
 from .inference.skysense_model import SkySenseTileModel, skysense_spec
 from .models.skysense import SkySense, create_skysense, list_skysense
 from .models.skysense.config import SkySenseConfig
@@ -57,6 +58,9 @@ from .models.skysense.prototype_map import nearest_class_per_prototype, prototyp
 from .models.skysense.registry import BUNDLED_SKYSENSE, bundled_skysense_folder, skysense_config
 from .progress import Progress
 from .raster.area import read_area
+from .raster.band_check import stack_band_warnings
+from .raster.journal import fingerprint, input_facts
+from .raster.resume import ResumeStore
 from .raster.stack import InputStack, ModalityInputs, common_grid, modality_inputs, open_stack, split_list
 from .raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml
 
@@ -165,11 +169,17 @@ def prepare_stack(params: dict[str, Any], model: SkySense) -> tuple[InputStack, 
     tile_px = int(params.get("tile_px") or default_tile_px(model))
     stack = open_stack(modalities, grid, tile_px)
     try:
-        # A trained head's own normalisation first: training and prediction must see the same values; then the
-        # statistics the weights were trained with (official checkpoints); percentiles over the area for the rest.
-        missing = stack.set_normalisation(model.config.normalisation)
-        statistics = {m: e.normalisation for m, e in model.config.encoders.items() if e.normalisation}
-        stack.compute_normalisation(only=stack.set_statistics(statistics, only=missing))
+        # A trained head's own normalisation first: training and prediction must see the same values (unless the
+        # user asks for the area's own); then the statistics the weights were trained with (official checkpoints);
+        # percentiles over the area for the rest. Data of another kind than the model's is refused.
+        if params.get("rescale_per_area"):
+            stack.compute_normalisation()
+        else:
+            missing = stack.set_normalisation(model.config.normalisation)
+            statistics = {m: e.normalisation for m, e in model.config.encoders.items() if e.normalisation}
+            stack.compute_normalisation(only=stack.set_statistics(statistics, only=missing))
+            stack.band_warnings = stack_band_warnings(stack, model.config.normalisation,
+                                                      (model.config.training or {}).get("band_statistics") or {})
     except BaseException:
         stack.__exit__(None, None, None)
         raise
@@ -212,6 +222,22 @@ def tile_predictor(job: str, params: dict[str, Any], model: SkySense, model_ref:
         return make_predictor(skysense_spec(job, model_ref, seed, outputs), params, progress=progress)
     device = next(model.parameters()).device
     return LocalPredictor(SkySenseTileModel(model, device, outputs), prefetch=int(params.get("prefetch") or 2))
+
+
+#: Changes whenever the SkySense jobs would send other batches for the same inputs (part of the fingerprint).
+BATCHES_VERSION = 1
+#: Parameters that change neither the batches nor the model's outputs.
+_NOT_IN_FINGERPRINT = ("out", "overwrite", "fresh", "cluster", "save_model")
+
+
+def resume_store(job: str, params: dict[str, Any], loaded: LoadedModel) -> ResumeStore:
+    """The resume store of this job: the model's outputs batch by batch, kept until the job completes."""
+    paths = [params.get("hr"), params.get("aoi"), params.get("polygons"), *split_list(params.get("s2")),
+             *split_list(params.get("s1"))]
+    facts = {"job": job, "batches": BATCHES_VERSION, "checkpoint_sha256": loaded.checkpoint_sha256,
+             "params": {k: v for k, v in params.items() if k not in _NOT_IN_FINGERPRINT},
+             "inputs": [input_facts(str(path)) for path in paths if path]}
+    return ResumeStore(fingerprint(facts), params["out"], fresh=bool(params.get("fresh")))
 
 
 def map_tiles(stack: InputStack, predictor: TilePredictor, geometries: list[dict[str, Any]] | None,
@@ -417,8 +443,9 @@ def run_classify(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         files = OutputFiles(params["out"])
         try:
             outputs = ("logits", "features") if polygons is not None else ("logits",)
-            predictor = tile_predictor("classify", params, model, params["model"], int(params.get("seed") or 0),
-                                       outputs, progress)
+            store = resume_store("classify", params, loaded)
+            predictor = ResumablePredictor(tile_predictor("classify", params, model, params["model"],
+                                                          int(params.get("seed") or 0), outputs, progress), store)
             try:
                 provenance = _provenance("classify", loaded, params, stack, modalities, device, predictor)
                 result = _classify(params, progress, model, stack, geometries, polygons, files, provenance,
@@ -430,8 +457,10 @@ def run_classify(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         except BaseException:
             files.discard()
             raise
-    result.update({"provenance": provenance,
-                   "warnings": loaded.warnings + modality_warnings(model, modalities) + region_warnings
+    store.remove()
+    result.update({"provenance": provenance, "batches_resumed": predictor.resumed,
+                   "warnings": loaded.warnings + stack.band_warnings + modality_warnings(model, modalities)
+                   + region_warnings
                    + result.get("warnings", [])})
     return result
 
@@ -617,7 +646,7 @@ def run_prototypes(params: dict[str, Any], progress: Progress) -> dict[str, Any]
     loaded = load_model(params["model"], seed)
     model, device = loaded.model.to(_device()), _device()
     stack, modalities, geometries = prepare_stack(params, model)
-    warnings = list(loaded.warnings)
+    warnings = list(loaded.warnings) + stack.band_warnings
     with stack:
         learned_tiles = 0
         if params.get("learn") == "prototypes":
@@ -634,8 +663,10 @@ def run_prototypes(params: dict[str, Any], progress: Progress) -> dict[str, Any]
             try:
                 if learned is not None:
                     model.save_pretrained(learned)
-                predictor = tile_predictor("prototypes", params, model, str(learned or params["model"]), seed,
-                                           ("prototype_similarity", "region"), progress)
+                store = resume_store("prototypes", params, loaded)
+                predictor = ResumablePredictor(tile_predictor("prototypes", params, model,
+                                                              str(learned or params["model"]), seed,
+                                                              ("prototype_similarity", "region"), progress), store)
                 try:
                     provenance = _provenance("prototypes", loaded, params, stack, modalities, device, predictor)
                     provenance["learned_tiles"] = learned_tiles
@@ -654,9 +685,11 @@ def run_prototypes(params: dict[str, Any], progress: Progress) -> dict[str, Any]
         except BaseException:
             files.discard()
             raise
+    store.remove()
     if learned_tiles == 0 and params.get("save_model"):
         warnings.append("save_model without learn=prototypes saves the model unchanged")
-    result.update({"provenance": provenance, "warnings": warnings, "learned_tiles": learned_tiles})
+    result.update({"provenance": provenance, "warnings": warnings, "learned_tiles": learned_tiles,
+                   "batches_resumed": predictor.resumed})
     return result
 
 

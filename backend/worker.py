@@ -17,9 +17,11 @@ import traceback
 from typing import IO, Any
 
 from . import __version__, jobs
-from .errors import JobCancelled, UserError
+from .errors import JobCancelled, UserError, user_message
+from .output_folder import claimed_outputs
 from .progress import Progress
 from .protocol import PROTOCOL_VERSION, ProtocolError, decode_request, encode
+from .stop_signals import Stopped, install_stop_handlers
 
 log = logging.getLogger("terrafuse.worker")
 
@@ -28,7 +30,8 @@ def run_job(name: str, raw_params: dict[str, Any], progress: Progress) -> dict[s
     """Resolve, validate and run one job; the single entry point of the CLI and the worker."""
     spec = jobs.get(name)
     params = spec.bind(raw_params)
-    return spec.resolve()(params, progress)
+    with claimed_outputs(spec.name, {p.name: p.kind for p in spec.params}, params):
+        return spec.resolve()(params, progress)
 
 
 class Worker:
@@ -60,6 +63,18 @@ class Worker:
         self._runner.start()
         self.send({"type": "ready", "version": __version__, "protocol": PROTOCOL_VERSION,
                    "pid": os.getpid(), "python": sys.executable})
+        try:
+            self._read_requests(lines)
+        except Stopped as exc:  # SIGTERM or SIGHUP: stop as a cancel does (finished tiles kept)
+            log.info("stopped by %s: cancelling the running job", exc)
+        # stdin closed, shutdown or a stop signal: cancel whatever runs, let the runner finish its event.
+        with self._progress_lock:
+            for progress in self._progress.values():
+                progress.cancel()
+        self._queue.put(None)
+        self._runner.join(timeout=10)
+
+    def _read_requests(self, lines: IO[str]) -> None:
         for line in lines:
             if not line.strip():
                 continue
@@ -71,7 +86,7 @@ class Worker:
                 continue
             kind = request["type"]
             if kind == "shutdown":
-                break
+                return
             if kind == "describe":
                 self.send({"type": "jobs", "jobs": [spec.to_json() for spec in jobs.JOBS.values()]})
             elif kind == "cancel":
@@ -80,12 +95,6 @@ class Worker:
                 with self._progress_lock:
                     self._progress[request["id"]] = self._make_progress(request["id"])
                 self._queue.put(request)
-        # stdin closed or shutdown: cancel whatever runs, let the runner finish its event.
-        with self._progress_lock:
-            for progress in self._progress.values():
-                progress.cancel()
-        self._queue.put(None)
-        self._runner.join(timeout=10)
 
     def _make_progress(self, job_id: str) -> Progress:
         def emit(done: int, total: int, message: str) -> None:
@@ -126,6 +135,12 @@ class Worker:
             self.send({"type": "error", "id": job_id, "error_type": "UserError",
                        "message": str(exc), "user_error": True})
         except Exception as exc:  # noqa: BLE001 - any failure must become an event, the loop lives on
+            message = user_message(exc)
+            if message is not None:  # a full disk, a read-only folder, a missing file: one line for the user
+                log.info("job %s (%s) failed:\n%s", job_id, job, traceback.format_exc())
+                self.send({"type": "error", "id": job_id, "error_type": "UserError", "message": message,
+                           "user_error": True})
+                return
             log.error("job %s (%s) failed:\n%s", job_id, job, traceback.format_exc())
             self.send({"type": "error", "id": job_id, "error_type": type(exc).__name__,
                        "message": str(exc) or type(exc).__name__, "user_error": False})
@@ -148,6 +163,7 @@ def main(argv: list[str] | None = None) -> int:
     protocol_out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
+    install_stop_handlers()
     Worker(protocol_out).serve(sys.stdin)
     return 0
 

@@ -175,9 +175,11 @@ def make_predictor(spec: TileModelSpec, params: dict[str, Any], device: Any = No
     ``in_flight``, where set; ``progress`` hears what the cluster waits for and cancels the wait)."""
     address = params.get("cluster")
     if address:
+        from ..stop_signals import kept_signal_handlers
         from .cluster import RayPredictor
 
-        return RayPredictor(spec, address, **cluster_options(params), progress=progress)
+        with kept_signal_handlers():  # ray.init makes SIGTERM exit at once; ours stops the job cleanly
+            return RayPredictor(spec, address, **cluster_options(params), progress=progress)
     if device is None:
         from ..training.job import default_device
 

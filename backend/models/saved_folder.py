@@ -1,19 +1,21 @@
-"""Saving a model folder (config.json + safetensors) replaces only a folder that Terrafuse wrote.
+"""Saving a model folder (config.json + safetensors) writes only the model's own files, and only into a
+folder that Terrafuse wrote or that holds no other model.
 
 Terrafuse's model folders carry a marker in their ``config.json``: ``"format"`` is ``terrafuse-head`` (a
-SatDiFuser head) or ``terrafuse-skysense`` (a SkySense model). A folder without it (a diffusers ``unet/``, a
-user's photos) is never replaced: the save is refused with a :class:`UserError`. The new folder is written
-whole under a temporary name that cannot be planted (:mod:`backend.atomic_files`) and then renamed into place.
+SatDiFuser head) or ``terrafuse-skysense`` (a SkySense model). A folder whose ``config.json`` lacks it (a
+diffusers ``unet/``) is never written into: the save is refused with a :class:`UserError`. Each file is
+written under a temporary name that cannot be planted (:mod:`backend.atomic_files`) and renamed into place;
+other files in the folder (a README the user keeps beside a head) are left as they are. Whether the folder
+may hold other files at all is the job's output-folder check (:mod:`backend.raster.output_folder`).
 """
 
 from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
 from pathlib import Path
 
-from ..atomic_files import write_folder
+from ..atomic_files import write_bytes
 from ..errors import UserError
 
 CONFIG_NAME = "config.json"
@@ -38,13 +40,15 @@ def check_replaceable(folder: Path, what: str) -> None:
         return
     if not folder.is_dir():
         raise UserError(f"{folder} is a file; choose a new or empty folder to save the {what} in")
-    if any(folder.iterdir()) and not written_by_terrafuse(folder):
-        raise UserError(f"{folder} holds files Terrafuse did not write (its {CONFIG_NAME} has no Terrafuse "
+    if (folder / CONFIG_NAME).exists() and not written_by_terrafuse(folder):
+        raise UserError(f"{folder} holds a model Terrafuse did not write (its {CONFIG_NAME} has no Terrafuse "
                         f"format marker); choose a new or empty folder to save the {what} in")
 
 
-def save_model_folder(folder: str | os.PathLike[str], what: str, fill: Callable[[Path], None]) -> Path:
-    """Check that ``folder`` may be replaced, then write it whole through ``fill(temporary_folder)``."""
+def save_model_files(folder: str | os.PathLike[str], what: str, files: dict[str, bytes]) -> Path:
+    """Check that ``folder`` may take the model, then write each of ``files`` (name -> bytes) whole."""
     folder = Path(folder)
     check_replaceable(folder, what)
-    return write_folder(folder, fill)
+    for name, data in files.items():
+        write_bytes(folder / name, data)
+    return folder

@@ -25,7 +25,7 @@ from .. import __version__
 from ..errors import UserError
 from .fusion import FEATURE_INFO_KEYS, FeatureFusion, create_fusion
 from .heads import Head, create_head
-from .saved_folder import save_model_folder
+from .saved_folder import save_model_files
 
 if TYPE_CHECKING:
     from .diffusion import DiffusionBackbone, DiffusionFeatureExtractor
@@ -167,21 +167,17 @@ class SatDiFuser(nn.Module):
         object.__setattr__(self, "extractor", extractor)
 
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``head.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete and
-        only when it is new, empty or a head folder Terrafuse wrote (its config's ``format`` marker)."""
-        from safetensors.torch import save_file
+        """Write ``head.safetensors`` and ``config.json`` into ``folder``, each whole under a temporary name
+        renamed into place; other files there are kept, and a folder holding another model is refused."""
+        from safetensors.torch import save
 
         self.config.created = self.config.created or datetime.datetime.now(datetime.timezone.utc).isoformat(
             timespec="seconds")
         self.config.software = {"terrafuse": __version__, "torch": torch.__version__}
         state = {k: v.detach().cpu().contiguous() for k, v in self.state_dict().items()}
-
-        def fill(partial: Path) -> None:
-            save_file(state, str(partial / HEAD_WEIGHTS_NAME),
-                      metadata={"format": "pt", "fusion": self.config.fusion, "head": self.config.head})
-            (partial / HEAD_CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
-
-        return save_model_folder(folder, "head", fill)
+        weights = save(state, metadata={"format": "pt", "fusion": self.config.fusion, "head": self.config.head})
+        config = json.dumps(self.config.to_json(), indent=2).encode("utf-8")
+        return save_model_files(folder, "head", {HEAD_WEIGHTS_NAME: weights, HEAD_CONFIG_NAME: config})
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str], backbone: DiffusionBackbone | None = None,

@@ -38,6 +38,9 @@ class BandNormalisation:
         scaled = (data.astype(np.float32, copy=False) - low) / (high - low)
         return np.clip(scaled, 0.0, 1.0) * 2.0 - 1.0
 
+    def to_json(self) -> dict[str, list[float]]:
+        return {"low": list(self.low), "high": list(self.high)}
+
 
 def parse_bands(text: str | None, src: rasterio.io.DatasetReader) -> tuple[int, ...]:
     """Bands from "3,2,1" (one band is repeated to grey RGB); without a choice, the bands whose colour

@@ -78,6 +78,24 @@ class StripAccumulator:
         self._weights[a_rows, a_cols] += w
         self._invalid[a_rows, a_cols] |= ~valid[t_rows, t_cols]
 
+    def state(self) -> dict[str, np.ndarray]:
+        """The sums held (rows from :attr:`row_off`), exactly, for a checkpoint (:meth:`restore`)."""
+        return {"row_off": np.array(self.row_off, dtype=np.int64), "scores": self._scores, "weights": self._weights,
+                "invalid": self._invalid}
+
+    @classmethod
+    def restore(cls, classes: int, area: Window, state: dict[str, np.ndarray]) -> StripAccumulator:
+        """The accumulator :meth:`state` described: adding the remaining tiles to it gives the sums, bit for
+        bit, of one that saw every tile."""
+        accumulator = cls(classes, area)
+        accumulator.row_off = int(state["row_off"])
+        accumulator._scores = np.array(state["scores"], dtype=np.float32)
+        accumulator._weights = np.array(state["weights"], dtype=np.float32)
+        accumulator._invalid = np.array(state["invalid"], dtype=bool)
+        if accumulator._scores.shape[:1] != (classes,) or accumulator._weights.shape[1:] != (accumulator._width,):
+            raise ValueError("the checkpoint is of another area or class count")
+        return accumulator
+
     def pop(self, row_end: int) -> ScoreStrip | None:
         """Remove and return the rows above ``row_end`` (raster row), or None when there are none."""
         row_end = min(row_end, self._row_end_area)

@@ -307,6 +307,8 @@ class InputStack:
     modalities: dict[str, ModalityStack]
     tile_px: int
     _exit: ExitStack = field(default_factory=ExitStack, repr=False)
+    #: What the check of the bands against the model's training statistics found (backend.raster.band_check).
+    band_warnings: list[str] = field(default_factory=list)
 
     def __enter__(self) -> InputStack:
         return self

@@ -19,6 +19,7 @@ import torch
 
 from ..errors import UserError
 from ..progress import Progress
+from ..raster.band_check import band_statistics
 from ..raster.bands import parse_bands
 from ..raster.inspect import open_raster
 from ..raster.labels import labels_on_raster, read_labels
@@ -166,6 +167,7 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "labels": str(Path(params["labels"]).resolve()), "training_px": train_px.tolist(),
         "head_choice": params["head"], "validation": trained.validation, "seed": params["seed"],
     }
+    model.config.training["band_statistics"] = band_statistics(params["image"], normalisation.bands)
     progress.update(total - 1, total, "saving the head")
     folder = model.save_pretrained(params["out"])
     result: dict[str, Any] = {

@@ -30,6 +30,7 @@ from torch.nn import functional as F  # noqa: N812
 from ..errors import UserError
 from ..models.skysense import SkySense
 from ..progress import Progress
+from ..raster.band_check import modality_band_statistics
 from ..raster.labels import NO_LABEL, LabelSet, labels_on_raster, rasterize_features, read_labels
 from ..raster.stack import InputStack
 from ..skysense_jobs import LoadedModel, load_model, prepare_stack
@@ -187,6 +188,7 @@ def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, 
         "batch_size": settings.batch_size, "validation": trained.validation, "training_px": train_px.tolist(),
         "seed": seed, "metrics": metrics, "baseline": baseline, "comparison": trained.comparison,
     }
+    model.config.training["band_statistics"] = modality_band_statistics(modalities)
     progress.update(total - 1, total, "saving the model with its head")
     folder = model.save_pretrained(params["out"])
     progress.update(total, total, f"done. {trained.verdict()}")

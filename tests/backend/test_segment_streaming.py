@@ -181,7 +181,7 @@ def test_a_cancel_in_the_middle_leaves_no_file(stand_in: Path, tall_image: tuple
 
     progress = Progress(cancel_midway, min_interval_s=0)
     with pytest.raises(JobCancelled):
-        segment(stand_in, tall_image[0], tmp_path / "out", progress, uncertainty=True)
+        segment(stand_in, tall_image[0], tmp_path / "out", progress, uncertainty=True, overwrite=True)
     assert [p.name for p in (tmp_path / "out").iterdir()] == ["mine.txt"]
 
 

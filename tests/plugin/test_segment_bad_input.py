@@ -13,6 +13,7 @@ import pytest
 from qgis.core import QgsFeature, QgsGeometry, QgsProject, QgsRasterLayer, QgsRectangle, QgsVectorLayer
 from qgis.PyQt.QtCore import Qt
 
+from backend.output_folder import FolderLock
 from tests.conftest import BACKEND_PYTHON, ROOT
 
 JOB_TIMEOUT_MS = 120_000
@@ -54,11 +55,14 @@ def write(name, data, crs="EPSG:32618", nodata=None):
 
 rng = np.random.default_rng(0)
 write("rgb.tif", rng.integers(0, 255, (3, 80, 80), dtype=np.uint8))
+write("reflectance.tif", (rng.integers(0, 255, (3, 80, 80)) / 10000).astype(np.float32))  # the head's data / 10000
+(root / "mine").mkdir()
+(root / "mine" / "notes.txt").write_text("the user's")
 write("no_crs.tif", rng.integers(0, 255, (3, 80, 80), dtype=np.uint8), crs=None)
 write("all_nodata.tif", np.zeros((3, 80, 80), np.uint8), nodata=0)
 write("complex.tif", rng.normal(size=(3, 80, 80)).astype(np.complex64))
 write("one_band.tif", rng.integers(0, 255, (1, 80, 80), dtype=np.uint8))
-write("thirteen_bands.tif", rng.integers(0, 10000, (13, 80, 80), dtype=np.uint16))
+write("thirteen_bands.tif", rng.integers(0, 256, (13, 80, 80), dtype=np.uint16))  # 16-bit, the head's range
 rows, cols = np.indices((240, 240))
 fields = (rows // 97 % 3 * 80 + cols // 131 % 2 * 40)[None] + rng.integers(0, 20, (3, 240, 240))
 write("large.tif", fields.astype(np.uint8))  # 25 tiles: seconds of work on a CPU
@@ -120,7 +124,12 @@ def test_bad_input_and_a_cancel_leave_a_message_and_nothing_written(plugin, file
         ("complex.tif", head, None, "The raster holds complex values"),
         ("one_band.tif", head, None, "this raster has 1 band (1..1): it is a model for other bands"),
         ("rgb.tif", head432, None, "trained on bands 4,3,2"),
+        ("reflectance.tif", head, None, "data of another scale"),
+        ("rgb.tif", head, files, "holds an input of this job"),
+        ("rgb.tif", head, files / "mine", "holds files that are not this job's outputs (notes.txt)"),
+        ("rgb.tif", head, "locked", "Another Terrafuse job"),
     ]
+    before = sorted(str(p.relative_to(files)) for p in files.rglob("*") if "cache" not in p.parts)
     for name, model, area, message in cases:
         layer = rgb if name == "rgb.tif" else add_raster(files / name)
         if area == "outside":
@@ -128,13 +137,25 @@ def test_bad_input_and_a_cancel_leave_a_message_and_nothing_written(plugin, file
             dock.areaLayerCombo.setLayer(outside_area())
         else:
             dock.set_area_mode("whole")
-        out = tmp_path / name.replace(".tif", "")
-        outcome = run_segment(dock, qtbot, layer, model, out)
+        out = area if isinstance(area, Path) else tmp_path / (name.replace(".tif", "") + str(area))
+        lock = None
+        if area == "locked":  # another job writing into the folder chosen
+            out.mkdir()
+            lock = FolderLock.acquire(out, "segment")
+        try:
+            outcome = run_segment(dock, qtbot, layer, model, out)
+        finally:
+            if lock is not None:
+                lock.release()
         assert outcome["status"] == "error", (name, outcome)
         assert outcome["user_error"], (name, outcome)
         assert message in dock.statusLabel.text(), (name, dock.statusLabel.text())
-        assert not out.exists(), (name, list(out.iterdir()))
+        assert "\n" not in outcome["message"]  # one line
+        if not isinstance(area, Path) and area != "locked":
+            assert not out.exists(), (name, list(out.iterdir()))
         assert dock.runButton.isEnabled()
+    # The folders the user chose, with an input or their own files in them, are as they were.
+    assert sorted(str(p.relative_to(files)) for p in files.rglob("*") if "cache" not in p.parts) == before
 
     # A cancel in the middle.
     dock.set_area_mode("whole")
@@ -189,9 +210,9 @@ def test_a_dead_worker_is_reported_and_the_job_runs_again(plugin, files: Path, q
     assert "WorkerDied" in details.text.toPlainText()
     assert "killed" in details.text.toPlainText()
     details.close()
-    # Nothing under an output's name; the hidden temporary files and journal stay, for the next run to resume.
+    # Nothing under an output's name (the killed worker's hidden temporary files go with the next run; its
+    # finished tiles wait in the job's resume store beside the cache).
     assert written(out) == []
-    assert ".terrafuse-journal.json" in {p.name for p in out.iterdir()}
     outcome = run_segment(dock, qtbot, large, files / "head", out)
     assert outcome["status"] == "ok", outcome
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")]

@@ -24,7 +24,7 @@ import torch
 from torch import Tensor, nn
 
 from ...errors import UserError
-from ..saved_folder import save_model_folder
+from ..saved_folder import save_model_files
 from .config import GRID_PRIORITY, SkySenseConfig
 from .encoders import ModalityAdapter, SpatialEncoder, resize_to_grid
 from .heads import PixelClassifier
@@ -171,18 +171,15 @@ class SkySense(nn.Module):
 
     # -- save / load ---------------------------------------------------------------------------------
     def save_pretrained(self, folder: str | os.PathLike[str]) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` into ``folder``, replacing it only once complete and
-        only when it is new, empty or a SkySense folder Terrafuse wrote (its config's ``format`` marker)."""
-        from safetensors.torch import save_file
+        """Write ``model.safetensors`` and ``config.json`` into ``folder``, each whole under a temporary name
+        renamed into place; other files there are kept, and a folder holding another model is refused."""
+        from safetensors.torch import save
 
         self.config.prototype_regions = self.prototypes.learned_regions
         state = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
-
-        def fill(partial: Path) -> None:
-            save_file(state, str(partial / WEIGHTS_NAME), metadata={"format": "pt"})
-            (partial / CONFIG_NAME).write_text(json.dumps(self.config.to_json(), indent=2), encoding="utf-8")
-
-        return save_model_folder(folder, "SkySense model", fill)
+        config = json.dumps(self.config.to_json(), indent=2).encode("utf-8")
+        return save_model_files(folder, "SkySense model", {WEIGHTS_NAME: save(state, metadata={"format": "pt"}),
+                                                           CONFIG_NAME: config})
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike[str], map_location: str | torch.device = "cpu") -> SkySense:

@@ -177,14 +177,21 @@ def test_a_folder_without_config_is_a_user_error(tmp_path: Path) -> None:
         read_config(tmp_path / "missing")
 
 
-def test_saving_over_a_head_replaces_it_and_refuses_other_folders(tmp_path: Path) -> None:
+def test_saving_over_a_head_replaces_its_files_and_nothing_else(tmp_path: Path) -> None:
     folder = _saved(tmp_path)
     model = SatDiFuser.from_pretrained(folder)
     model.config.metrics = {"overall_accuracy": 0.9}
     model.save_pretrained(folder)
     assert read_config(folder).metrics == {"overall_accuracy": 0.9}
     assert sorted(p.name for p in tmp_path.iterdir()) == ["head"]  # no partial or old folder left
-    (tmp_path / "photos").mkdir()
-    (tmp_path / "photos" / "cat.jpg").write_bytes(b"")
-    with pytest.raises(UserError, match="holds files Terrafuse did not write"):
-        model.save_pretrained(tmp_path / "photos")
+    # A folder of the user's files is refused by the jobs (backend/output_folder.py) unless they overwrite;
+    # the head itself replaces its own two files and touches nothing else.
+    (folder / "README.md").write_text("my notes")
+    model.save_pretrained(folder)
+    assert sorted(p.name for p in folder.iterdir()) == ["README.md", "config.json", "head.safetensors"]
+    assert (folder / "README.md").read_text() == "my notes"
+    # A folder holding another model (a diffusers unet/: a config.json without Terrafuse's marker) is refused.
+    (tmp_path / "unet").mkdir()
+    (tmp_path / "unet" / "config.json").write_text('{"_class_name": "UNet2DConditionModel"}')
+    with pytest.raises(UserError, match="holds a model Terrafuse did not write"):
+        model.save_pretrained(tmp_path / "unet")
