@@ -51,3 +51,9 @@ class ResumablePredictor:
 
     def close(self) -> None:
         self.inner.close()
+
+    def __getattr__(self, name: str) -> Any:
+        """The inner predictor's other attributes (a cluster run's ``report``, for instance)."""
+        if name == "inner":  # not set yet: no recursion through __getattr__
+            raise AttributeError(name)
+        return getattr(self.inner, name)

@@ -1,4 +1,5 @@
-"""Saving a head or a SkySense model replaces only a folder Terrafuse wrote, through names nobody can plant."""
+"""Saving a head or a SkySense model writes only into a folder that holds no other model, through names nobody
+can plant."""
 
 from __future__ import annotations
 
@@ -50,7 +51,7 @@ def test_a_folder_with_a_foreign_config_is_never_replaced(kind, request, tmp_pat
     model = request.getfixturevalue(kind)
     unet = tmp_path / "unet"
     before = diffusers_unet(unet)
-    with pytest.raises(UserError, match="holds files Terrafuse did not write"):
+    with pytest.raises(UserError, match="holds a model Terrafuse did not write"):
         save(model, unet)
     assert contents(unet) == before
     assert sorted(p.name for p in tmp_path.iterdir()) == ["unet"]  # no temporary folder left behind
