@@ -6,7 +6,7 @@ kept in its resume store."""
 from __future__ import annotations
 
 import signal
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
 
@@ -21,14 +21,17 @@ class Stopped(KeyboardInterrupt):
         self.signum = signum
 
 
-def _stop(signum: int, frame: Any) -> None:
-    raise Stopped(signum)
+def install_stop_handlers(first: Callable[[], None] | None = None) -> None:
+    """SIGTERM and SIGHUP raise :class:`Stopped` (main thread only, as Python requires), after calling
+    ``first`` (the worker cancels its jobs there, whatever its main thread is doing)."""
 
+    def stop(signum: int, frame: Any) -> None:
+        if first is not None:
+            first()
+        raise Stopped(signum)
 
-def install_stop_handlers() -> None:
-    """SIGTERM and SIGHUP raise :class:`Stopped` (main thread only, as Python requires)."""
     for signum in STOP_SIGNALS:
-        signal.signal(signum, _stop)
+        signal.signal(signum, stop)
 
 
 @contextmanager

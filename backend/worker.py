@@ -40,7 +40,7 @@ class Worker:
         self._write_lock = threading.Lock()
         self._queue: queue.Queue[dict[str, Any] | None] = queue.Queue()
         self._progress: dict[str, Progress] = {}
-        self._progress_lock = threading.Lock()
+        self._progress_lock = threading.RLock()  # re-entered by the stop handler in the main thread
         self._runner = threading.Thread(target=self._run_loop, name="terrafuse-job", daemon=True)
         self._device = ""  # the device line every "started" event carries, read once (it imports torch)
         self._device_reader = threading.Thread(target=self._read_device, name="terrafuse-device", daemon=True)
@@ -73,6 +73,12 @@ class Worker:
                 progress.cancel()
         self._queue.put(None)
         self._runner.join(timeout=10)
+
+    def cancel_all(self) -> None:
+        """Cancel every job (a stop signal: called from the handler itself, before the read loop ends)."""
+        with self._progress_lock:
+            for progress in self._progress.values():
+                progress.cancel()
 
     def _read_requests(self, lines: IO[str]) -> None:
         for line in lines:
@@ -163,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     protocol_out = os.fdopen(os.dup(1), "w", encoding="utf-8", buffering=1)
     os.dup2(2, 1)
     sys.stdout = sys.stderr
-    install_stop_handlers()
-    Worker(protocol_out).serve(sys.stdin)
+    worker = Worker(protocol_out)
+    install_stop_handlers(worker.cancel_all)
+    worker.serve(sys.stdin)
     return 0
 
 

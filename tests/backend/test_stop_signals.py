@@ -8,6 +8,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 
 import pytest
 
@@ -28,9 +29,14 @@ def test_a_stopped_worker_cancels_its_job_and_exits(signum: int) -> None:
     worker.stdin.flush()
     while json.loads(worker.stdout.readline())["type"] != "progress":
         pass
-    worker.send_signal(signum)
-    events = [json.loads(line) for line in worker.stdout]
-    assert worker.wait(timeout=60) == 0
+    watchdog = threading.Timer(60, worker.kill)  # a worker that ignores the stop fails the test, never hangs it
+    watchdog.start()
+    try:
+        worker.send_signal(signum)
+        events = [json.loads(line) for line in worker.stdout]
+        assert worker.wait(timeout=60) == 0
+    finally:
+        watchdog.cancel()
     assert events[-1]["type"] == "cancelled"
     assert events[-1]["id"] == "j1"
 
