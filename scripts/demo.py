@@ -246,6 +246,41 @@ def compose_map(panels: list[tuple[str, Any, list[tuple[str, Any]]]], path: Path
     image.save(str(path))
 
 
+def open_in_dock(image: Path, labels_path: Path) -> tuple[Any, Any, Any, Any, Any, Any]:
+    """A headless QGIS with the plugin's dock open on ``image`` (styled) and the labels GeoPackage adopted by
+    the Labels section, as a user would set it up: (app, iface, plugin, dock, scene layer, labels layer)."""
+    # The backend's usual cache (features, hashes), not the throw-away one the headless QGIS of the tests
+    # makes: a second run reuses the first one's backbone features.
+    os.environ.setdefault("TERRAFUSE_CACHE_DIR", str(Path.home() / ".cache" / "terrafuse"))
+    app = start_qgis()
+    from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
+
+    iface = HeadlessInterface()
+    iface.window.show()
+    plugin = import_plugin_package().classFactory(iface)
+    plugin.initGui()
+    plugin.action.trigger()  # the toolbar button opens the dock
+    dock = plugin.dock
+    scene = QgsRasterLayer(str(image), "Sentinel-2 scene")
+    if not scene.isValid():
+        raise SystemExit(f"cannot open {image}")
+    style_scene(scene)
+    labels = QgsVectorLayer(f"{labels_path}|layername=labels", "Sample labels", "ogr")
+    if not labels.isValid():
+        raise SystemExit(f"cannot open {labels_path}")
+    project = QgsProject.instance()
+    project.setCrs(scene.crs())
+    project.addMapLayers([labels, scene])
+    iface.canvas.setDestinationCrs(scene.crs())
+    iface.canvas.setExtent(scene.extent())
+    dock.rasterCombo.setLayer(scene)
+    dock.set_area_mode("whole")
+    dock.labels_panel.adopt(labels)  # the dock's Labels section: classes and colours from the GeoPackage
+    if dock.labels_panel.labels is None:
+        raise SystemExit(f"{labels_path} is not a labels layer the dock can adopt")
+    return app, iface, plugin, dock, scene, labels
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=ROOT / "demo-output")
@@ -261,36 +296,10 @@ def main() -> int:
     labels_path = out / "labels.gpkg"  # a copy: QGIS opens the labels for editing, the bundled file stays as is
     shutil.copyfile(args.labels, labels_path)
 
-    # The backend's usual cache (features, hashes), not the throw-away one the headless QGIS of the tests
-    # makes: a second run reuses the first one's backbone features.
-    os.environ.setdefault("TERRAFUSE_CACHE_DIR", str(Path.home() / ".cache" / "terrafuse"))
-    app = start_qgis()
-    from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
+    app, iface, plugin, dock, scene, labels = open_in_dock(args.image, labels_path)
+    from qgis.core import QgsProject
 
-    iface = HeadlessInterface()
-    iface.window.show()
-    plugin = import_plugin_package().classFactory(iface)
-    plugin.initGui()
-    plugin.action.trigger()  # the toolbar button opens the dock
-    dock = plugin.dock
-
-    scene = QgsRasterLayer(str(args.image), "Sentinel-2 scene")
-    if not scene.isValid():
-        raise SystemExit(f"cannot open {args.image}")
-    style_scene(scene)
-    labels = QgsVectorLayer(f"{labels_path}|layername=labels", "Sample labels", "ogr")
-    if not labels.isValid():
-        raise SystemExit(f"cannot open {labels_path}")
     project = QgsProject.instance()
-    project.setCrs(scene.crs())
-    project.addMapLayers([labels, scene])
-    iface.canvas.setDestinationCrs(scene.crs())
-    iface.canvas.setExtent(scene.extent())
-    dock.rasterCombo.setLayer(scene)
-    dock.set_area_mode("whole")
-    dock.labels_panel.adopt(labels)  # the dock's Labels section: classes and colours from the GeoPackage
-    if dock.labels_panel.labels is None:
-        raise SystemExit(f"{labels_path} is not a labels layer the dock can adopt")
     counts = dock.labels_panel.labels.counts()
     classes = {c.class_id: c.name for c in dock.labels_panel.labels.classes()}
     print(f"Terrafuse demo on {args.image.name} with {sum(counts.values())} labels: "

@@ -11,7 +11,6 @@ also the Labels section with its label list (``dock_labels.png``), the identify 
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile
@@ -26,11 +25,9 @@ from scripts.demo import (  # noqa: E402
     SAMPLE,
     SCENE_DATE,
     flush_deletes,
-    import_plugin_package,
+    open_in_dock,
     run_in_dock,
-    style_scene,
 )
-from scripts.qgis_headless import HeadlessInterface, start_qgis  # noqa: E402
 
 IMAGES = ROOT / "docs" / "images"
 
@@ -63,28 +60,9 @@ def main() -> int:
     work.mkdir(parents=True, exist_ok=True)
     labels_path = work / "labels.gpkg"
     shutil.copyfile(SAMPLE / "sentinel2_coast_labels.gpkg", labels_path)
-    os.environ.setdefault("TERRAFUSE_CACHE_DIR", str(Path.home() / ".cache" / "terrafuse"))
-    app = start_qgis()
-    from qgis.core import QgsProject, QgsRasterLayer, QgsVectorLayer
+    app, iface, plugin, dock, _, _ = open_in_dock(SAMPLE / "sentinel2_coast.tif", labels_path)
     from qgis.PyQt.QtCore import QPoint
 
-    iface = HeadlessInterface()
-    iface.window.show()
-    plugin = import_plugin_package().classFactory(iface)
-    plugin.initGui()
-    plugin.action.trigger()
-    dock = plugin.dock
-    scene = QgsRasterLayer(str(SAMPLE / "sentinel2_coast.tif"), "Sentinel-2 scene")
-    style_scene(scene)
-    labels = QgsVectorLayer(f"{labels_path}|layername=labels", "Sample labels", "ogr")
-    project = QgsProject.instance()
-    project.setCrs(scene.crs())
-    project.addMapLayers([labels, scene])
-    iface.canvas.setDestinationCrs(scene.crs())
-    iface.canvas.setExtent(scene.extent())
-    dock.rasterCombo.setLayer(scene)
-    dock.set_area_mode("whole")
-    dock.labelsLayerCombo.setLayer(labels)  # the Labels section adopts the sample labels
     IMAGES.mkdir(parents=True, exist_ok=True)
 
     print("Labels", flush=True)
