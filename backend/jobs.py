@@ -135,6 +135,7 @@ PRESENTATION: dict[str, tuple[str, str]] = {
     "learning_rate": ("Learning rate", "advanced"),
     "batch_size": ("Batch size", "advanced"),
     "fusion_chs": ("Fused channels", "advanced"),
+    "band_context": ("Bands beside the features", "advanced"),
     "folds": ("Cross-validation folds", "advanced"),
     "hold_out_block_m": ("Hold-out block (m)", "advanced"),
     "inversion": ("Feature reading", "advanced"),
@@ -365,6 +366,9 @@ register(
             Param("learning_rate", "float", "AdamW learning rate (linear warm-up, then cosine decay)", 1e-3),
             Param("batch_size", "int", "Tiles per training step", 4),
             Param("fusion_chs", "int", "Channels of the fused feature pyramid", 64),
+            Param("band_context", "bool", "Beside the backbone's features, the head also reads every band of the "
+                  "raster at full resolution with its local means and spread (off: the paper's head on the "
+                  "features alone; docs/quality.md)", True),
             *_VALIDATION_PARAMS,
             Param("baseline", "bool", "Also score a per-pixel random forest on band values on the same folds",
                   True),
@@ -540,6 +544,9 @@ register(
             Param("patience", "int", "Epochs without a better loss on the inner split of the training labels "
                   "before training stops (0: never)", 15),
             Param("learning_rate", "float", "AdamW learning rate (linear warm-up, then cosine decay)", 3e-2),
+            Param("band_context", "bool", "Beside F_fus, the head also reads the cells' band values (each series "
+                  "averaged over its dates) with their local means and spread (off: the linear head on F_fus "
+                  "alone; docs/quality.md)", True),
             *_VALIDATION_PARAMS,
             Param("baseline", "bool", "Also score a per-pixel random forest on every band of every date, on the "
                   "same folds", True),

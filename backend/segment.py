@@ -168,6 +168,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                                          "unet_folder": params.get("unet_folder")})
         head_sha256 = model_sha256(spec)
         normalisation, warnings = area_normalisation(src, window, bands, config, bool(params.get("rescale_per_area")))
+        context = context_normalisation(config, src)
         parameters = {**params, "bands": list(bands), "overlap_px": overlap_px, "tile_px": tile_px,
                       "batch_size": batch_size, "gsd_m": grid.gsd_m if grid else None}
         job_fingerprint = fingerprint({
@@ -210,7 +211,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                 engine.restore(store, len(chunks))
                 if predictor is not None:
                     engine.predict(predictor, source, todo, normalisation, overlap_px, batch_size, store,
-                                   progress, done, total, predictions)
+                                   progress, done, total, predictions, context)
             finally:
                 if predictor is not None:
                     predictor.close()
@@ -240,6 +241,19 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "seconds": round(time.monotonic() - started_s, 2),
         **({"cluster": cluster_run} if cluster_run else {}),
     }
+
+
+def context_normalisation(config: Any, src: rasterio.io.DatasetReader) -> BandNormalisation | None:
+    """How a head with a band context scales the raster's bands (None without one); a raster with fewer
+    bands than the head was trained on is refused."""
+    if not config.band_context:
+        return None
+    bands = [int(b) for b in config.band_context["bands"]]
+    if max(bands) > src.count:
+        raise UserError(f"The head reads bands 1-{max(bands)} of its raster beside the backbone's features; this "
+                        f"raster has {src.count}. Map a raster of the same sensor and bands, or train a head "
+                        "without the band context (--no-band-context)")
+    return BandNormalisation(tuple(bands), tuple(config.band_context["low"]), tuple(config.band_context["high"]))
 
 
 def default_overlap(tile_px: int, grid: WorkingGrid | None) -> int:
@@ -356,25 +370,34 @@ class _ChunkedSegmentation:
 
     def predict(self, predictor: TilePredictor, source: Any, todo: list[tuple[int, Window, list[Window]]],
                 normalisation: BandNormalisation, overlap_px: int, batch_size: int, store: ResumeStore,
-                progress: Progress, done: int, total: int, predictions: int) -> None:
+                progress: Progress, done: int, total: int, predictions: int,
+                context: BandNormalisation | None = None) -> None:
         """The remaining tiles of every chunk of ``todo`` through ``predictor``, blended, written, and kept in
-        the resume store: the final rows as they come, the blending state after each row of tiles."""
+        the resume store: the final rows as they come, the blending state after each row of tiles. A head
+        with a band context gets ``{"images", "bands"}`` batches, ``bands`` scaled by ``context``."""
         batches_meta: deque[tuple[int, Window, list[Window], list[Window], list[np.ndarray], int]] = deque()
 
-        def batches() -> Iterator[np.ndarray]:
+        def batches() -> Iterator[np.ndarray | dict[str, np.ndarray]]:
             # Runs in the predictor's reading thread, which alone reads ``source`` while it runs.
             for index, chunk, chunk_tiles in todo:
                 for start in range(store.chunk(index).tiles, len(chunk_tiles), batch_size):
                     batch = chunk_tiles[start:start + batch_size]
-                    images, valids = [], []
+                    images, valids, every_band = [], [], []
                     for tile in batch:
                         raw, valid = read_bands(source, tile, normalisation.bands)
+                        if context is not None:
+                            values, valid_all = read_bands(source, tile, context.bands)
+                            valid &= valid_all
+                            scaled = context.apply(values)
+                            scaled[:, ~valid] = 0.0
+                            every_band.append(scaled)
                         image = normalisation.apply(raw)
                         image[:, ~valid] = 0.0
                         images.append(image)
                         valids.append(valid)
                     batches_meta.append((index, chunk, chunk_tiles, batch, valids, start + len(batch)))
-                    yield np.stack(images)
+                    yield np.stack(images) if context is None else {"images": np.stack(images),
+                                                                    "bands": np.stack(every_band)}
 
         outputs = predictor.map(batches())
         try:

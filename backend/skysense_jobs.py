@@ -442,7 +442,9 @@ def run_classify(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         region_warnings = prototype_warnings(stack, model, "the geo-context part of the features (eq. 3)")
         files = OutputFiles(params["out"])
         try:
-            outputs = ("logits", "features") if polygons is not None else ("logits",)
+            outputs = ("logits",)
+            if polygons is not None:  # a head with a band context classifies a polygon's mean context too
+                outputs += ("features", "band_context") if model.band_branch is not None else ("features",)
             store = resume_store("classify", params, loaded)
             predictor = ResumablePredictor(tile_predictor("classify", params, model, params["model"],
                                                           int(params.get("seed") or 0), outputs, progress), store)
@@ -482,7 +484,8 @@ def _classify(params: dict[str, Any], progress: Progress, model: SkySense, stack
     classes = model.config.classes
     out = Path(params["out"])
     counts = np.zeros(len(classes), dtype=np.int64)
-    pooled = PolygonPooling(polygons.count, 2 * model.config.dim) if polygons is not None else None
+    pooled_chs = 2 * model.config.dim + (model.band_branch.in_chs if model.band_branch is not None else 0)
+    pooled = PolygonPooling(polygons.count, pooled_chs) if polygons is not None else None
     local_polygons = polygons.geometries_in(stack.grid.crs) if polygons is not None else None
     classes_dst = _raster(files.partial("classes.tif"), stack, "uint8", CLASS_NODATA, "class", provenance)
     confidence_dst = None
@@ -507,7 +510,7 @@ def _classify(params: dict[str, Any], progress: Progress, model: SkySense, stack
                     ids[:h, :w][~tile.valid] = 0
                     ids[h:, :] = 0
                     ids[:, w:] = 0
-                    pooled.add(tile.outputs["features"], torch.from_numpy(ids).long()[None])
+                    pooled.add(_pooled_channels(tile.outputs), torch.from_numpy(ids).long()[None])
     finally:
         classes_dst.close()
         if confidence_dst is not None:
@@ -539,6 +542,14 @@ def _classify(params: dict[str, Any], progress: Progress, model: SkySense, stack
 
 
 # -- polygons -------------------------------------------------------------------------------------------
+def _pooled_channels(outputs: dict[str, Any]) -> torch.Tensor:
+    """What a polygon's class is read from: F_fus, followed by the band context when the head has one."""
+    features = torch.as_tensor(outputs["features"])
+    if "band_context" in outputs:
+        features = torch.cat([features, torch.as_tensor(outputs["band_context"])], dim=1)
+    return features
+
+
 class PolygonPooling:
     """Running sum of F_fus over each polygon's cells across tiles, so that the polygon's class comes from its
     mean feature (:func:`heads.polygon_pool` per tile, weighted by the cells each tile contributes)."""
@@ -564,7 +575,8 @@ class PolygonPooling:
             raise UserError("Polygons are classified by the model's head, and this model has none")
         device = next(model.head.parameters()).device
         with torch.inference_mode():
-            results = classify_polygons(model.head, features.to(device), ids.to(device), count, top_k=top_k)
+            results = classify_polygons(model.head, features.to(device), ids.to(device), count, top_k=top_k,
+                                        band_branch=model.band_branch)
         return results[0].cpu(), results[1].cpu(), results[2].cpu()
 
 

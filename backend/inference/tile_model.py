@@ -51,7 +51,7 @@ class SegmentTileModel:
     """A SatDiFuser head with its backbone: float32 (N, C, H, W) tiles in [-1, 1] -> float32
     (N, K, H, W) class probabilities (softmax of the logits). A head that reads DiffusionSat's metadata per
     tile takes dict batches ``{"images": (N, C, H, W), "metadata": (N, 7)}`` (see
-    :mod:`..models.diffusion.metadata`)."""
+    :mod:`..models.diffusion.metadata`); one with a band context also ``"bands"`` (N, C', H, W)."""
 
     def __init__(self, model: torch.nn.Module, device: torch.device, provenance: dict[str, Any]) -> None:
         self.model = model
@@ -60,13 +60,16 @@ class SegmentTileModel:
         self.max_batch: int | None = None
 
     def __call__(self, batch: np.ndarray | dict[str, np.ndarray]) -> np.ndarray:
-        metadata = None
+        metadata = bands = None
         if isinstance(batch, dict):
-            metadata = torch.from_numpy(np.asarray(batch["metadata"], dtype=np.float32))
+            if "metadata" in batch:
+                metadata = torch.from_numpy(np.asarray(batch["metadata"], dtype=np.float32))
+            if "bands" in batch:
+                bands = torch.from_numpy(np.ascontiguousarray(batch["bands"], dtype=np.float32)).to(self.device)
             batch = batch["images"]
         with torch.inference_mode():
             images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            logits = self.model(images) if metadata is None else self.model(images, metadata)
+            logits = self.model(images, metadata, bands)
             probabilities = logits.softmax(1)
             return probabilities.float().cpu().numpy()
 

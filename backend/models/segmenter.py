@@ -19,10 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
+import torch.nn.functional as F  # noqa: N812 - the usual spelling
 from torch import Tensor, nn
 
 from .. import __version__
 from ..errors import UserError
+from .band_context import BandContextBranch, BandContextConfig, band_context, prefit_branch
 from .fusion import FEATURE_INFO_KEYS, FeatureFusion, create_fusion
 from .heads import Head, create_head
 from .saved_folder import save_model_files
@@ -62,6 +64,9 @@ class SegmenterConfig:
     band_high: list[float] = field(default_factory=list)
     normalisation: str = "per-band 2nd-98th percentile over the training area, scaled to [-1, 1]"
     tile_px: int = 512
+    #: The raster's own bands beside the features (:mod:`.band_context`): BandContextConfig.to_json() plus
+    #: "branch" (BandContextBranch.config()). Empty: the paper's head, on the backbone's features alone.
+    band_context: dict[str, Any] = field(default_factory=dict)
     metrics: dict[str, Any] = field(default_factory=dict)
     training: dict[str, Any] = field(default_factory=dict)
     created: str = ""
@@ -92,24 +97,38 @@ class SatDiFuser(nn.Module):
     for a classification head). :meth:`decode` runs the trainable part on features computed earlier,
     which is how training reuses cached features.
 
+    With a band context (``config.band_context``), ``forward`` also takes every band of the tile scaled to
+    [-1, 1] (``bands``, (B, C, H, W)), and the logits are the head's plus those of a per-pixel branch on
+    the bands and their local context (:mod:`.band_context`); :meth:`decode` then takes that context as the
+    last entry of ``features``.
+
     The extractor is kept outside the module tree: ``parameters()``, ``state_dict()`` and
     :meth:`save_pretrained` cover the fusion and the head only.
     """
 
     def __init__(self, fusion: FeatureFusion, head: Head, config: SegmenterConfig,
-                 extractor: DiffusionFeatureExtractor | None = None) -> None:
+                 extractor: DiffusionFeatureExtractor | None = None,
+                 band_branch: BandContextBranch | None = None) -> None:
         super().__init__()
         self.fusion = fusion
         self.head = head
+        self.band_branch = band_branch
         self.config = config
         object.__setattr__(self, "extractor", extractor)
+
+    @property
+    def context_config(self) -> BandContextConfig | None:
+        """How the band context is read, or None for a head on the backbone's features alone."""
+        return BandContextConfig.from_json(self.config.band_context) if self.config.band_context else None
 
     @classmethod
     def create(cls, feature_info: Sequence[dict[str, Any]], classes: Sequence[dict[str, Any]],
                fusion: str = "global", head: str = "pixel", *, fusion_kwargs: dict[str, Any] | None = None,
                head_kwargs: dict[str, Any] | None = None, extractor: DiffusionFeatureExtractor | None = None,
+               band_context: BandContextConfig | None = None, branch_kwargs: dict[str, Any] | None = None,
                **config: Any) -> SatDiFuser:
-        """A new, untrained model for ``feature_info``; ``config`` fills the other SegmenterConfig fields."""
+        """A new, untrained model for ``feature_info``; ``config`` fills the other SegmenterConfig fields;
+        ``band_context`` adds the per-pixel branch on the bands (``branch_kwargs``: its hidden_chs, dropout)."""
         if len({c["name"] for c in classes}) != len(classes):
             raise ValueError("class names must be unique")
         fusion_module = create_fusion(fusion, feature_info, **(fusion_kwargs or {}))
@@ -117,21 +136,32 @@ class SatDiFuser(nn.Module):
         info = [{k: entry[k] for k in FEATURE_INFO_KEYS} for entry in feature_info]
         if extractor is not None and "features" not in config:
             config["features"] = extractor.describe()
+        branch = None
+        if band_context is not None:
+            branch = BandContextBranch(band_context.channels, len(classes), **(branch_kwargs or {}))
+            config["band_context"] = {**band_context.to_json(), "branch": branch.config()}
+            zero_last_layer(head_module)
         settings = SegmenterConfig(
             classes=[dict(c) for c in classes], feature_info=info, fusion=fusion, head=head,
             fusion_kwargs=fusion_module.config(), head_kwargs=head_module.config(), **config,
         )
-        return cls(fusion_module, head_module, settings, extractor)
+        return cls(fusion_module, head_module, settings, extractor, branch)
 
-    def forward(self, images: Tensor, metadata: Tensor | None = None) -> Tensor:
+    def forward(self, images: Tensor, metadata: Tensor | None = None, bands: Tensor | None = None) -> Tensor:
         """Inference: features, then fusion and head under the extractor's autocast precision (the
         backbone's fast path, :mod:`.diffusion.fast_path`); float32 logits. ``metadata`` (B, 7): each image's
-        DiffusionSat metadata, for a head whose features were read with metadata "tile"."""
+        DiffusionSat metadata, for a head whose features were read with metadata "tile"; ``bands``
+        (B, C, H, W): the tile's bands of ``config.band_context``, scaled, for a head with a band context."""
         from .diffusion.fast_path import autocast_dtype
 
         if self.extractor is None:
             raise RuntimeError("no feature extractor attached: call attach_backbone() or use decode()")
-        features = self.extractor(images, metadata)
+        features = list(self.extractor(images, metadata))
+        context = self.context_config
+        if context is not None:
+            if bands is None:
+                raise ValueError("this head reads the raster's bands beside the features: pass bands")
+            features.append(band_context(bands.to(images.device), context.windows_px, context.spread_px))
         device = features[0].device
         dtype = autocast_dtype(self.extractor.settings.precision, device)
         if dtype is None:
@@ -140,8 +170,24 @@ class SatDiFuser(nn.Module):
             return self.decode(features, tuple(images.shape[-2:])).float()
 
     def decode(self, features: Sequence[Tensor], image_hw: tuple[int, int]) -> Tensor:
-        """Fusion then head on the extractor's features (the trainable part)."""
-        return self.head(self.fusion(features), image_hw)
+        """Fusion then head on the extractor's features (the trainable part); with a band branch, the last
+        entry of ``features`` is the band context and the branch's logits are added."""
+        if self.band_branch is None:
+            return self.head(self.fusion(features), image_hw)
+        logits = self.head(self.fusion(features[:-1]), image_hw)
+        extra = self.band_branch(features[-1])
+        if tuple(extra.shape[-2:]) != tuple(image_hw):
+            extra = F.interpolate(extra, size=tuple(image_hw), mode="bilinear", align_corners=False)
+        return logits + extra
+
+    def prefit(self, features: Sequence[Sequence[Tensor]], targets: Sequence[Any], class_weight: Tensor) -> bool:
+        """Before the head trains: fit the band branch on the labelled pixels of the tiles (``features[i]``'s
+        last entry is tile i's band context, ``targets[i]`` its (H, W) classes, negative where unlabelled).
+        True when the model then predicts (its head starts at zero), so that "no epoch" is a candidate."""
+        if self.band_branch is None:
+            return False
+        return prefit_branch(self.band_branch, [tile[-1] for tile in features], targets, class_weight,
+                             next(self.head.parameters()).device)
 
     def auxiliary_loss(self) -> Tensor | None:
         """The fusion's extra loss term of the last forward pass (MoE balancing), or None."""
@@ -195,7 +241,16 @@ class SatDiFuser(nn.Module):
             head = create_head(config.head, fusion.pyramid_chs, len(config.classes), **config.head_kwargs)
         except (TypeError, ValueError) as exc:
             raise UserError(f"The head in {folder} has a configuration this version cannot build: {exc}") from None
-        model = cls(fusion, head, config)
+        branch = None
+        if config.band_context:
+            try:
+                context = BandContextConfig.from_json(config.band_context)
+                branch = BandContextBranch(context.channels, len(config.classes),
+                                           **config.band_context.get("branch", {}))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise UserError(f"The head in {folder} has a band context this version cannot build: {exc}") \
+                    from None
+        model = cls(fusion, head, config, band_branch=branch)
         weights = Path(folder) / HEAD_WEIGHTS_NAME
         try:
             state = load_file(str(weights))
@@ -209,6 +264,15 @@ class SatDiFuser(nn.Module):
         if backbone is not None:
             model.attach_backbone(backbone, settings)
         return model
+
+
+def zero_last_layer(head: nn.Module) -> None:
+    """Zero the head's last convolution (its logits), so a head beside a fitted band branch starts by adding
+    nothing to it."""
+    last = [m for m in head.modules() if isinstance(m, nn.Conv2d)][-1]
+    nn.init.zeros_(last.weight)
+    if last.bias is not None:
+        nn.init.zeros_(last.bias)
 
 
 def read_config(folder: str | os.PathLike[str]) -> SegmenterConfig:

@@ -11,6 +11,8 @@ uncertainty.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -18,16 +20,17 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..models.band_context import BandContextConfig, band_context
 from ..progress import Progress
 from ..raster.band_check import band_statistics
-from ..raster.bands import parse_bands
+from ..raster.bands import BandNormalisation, parse_bands
 from ..raster.inspect import open_raster
 from ..raster.labels import labels_on_raster, read_labels
 from .feature_cache import FeatureCache, raster_identity, tile_key
 from .fewshot import LabelTiles, cross_validate, epoch_progress
 from .loop import TrainingSettings
-from .samples import check_labels, check_training_pixels, label_tiles, raster_normalisation
-from .split import check_block_m, spatial_folds
+from .samples import TileSample, check_labels, check_training_pixels, label_tiles, raster_normalisation
+from .split import SpatialFolds, check_block_m, spatial_folds
 
 #: The smallest tile the UNet takes: 8 latent pixels times 3 downsamplings (64 px for Stable Diffusion).
 MIN_TILE_PX = 64
@@ -91,7 +94,42 @@ def tile_features(samples: list[Any], keys: list[str], cache: FeatureCache, extr
     return computed
 
 
-def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+@dataclass
+class TrainingSetup:
+    """What ``train`` hands the few-shot trainer, and what its result reports: the label tiles with their
+    features, the folds, a maker of fresh models, the settings."""
+
+    tiles: LabelTiles
+    folds: SpatialFolds
+    classes: list[dict[str, Any]]
+    new_model: Callable[[], Any]
+    settings: TrainingSettings
+    device: torch.device
+    head: str
+    tile_px: int
+    train_px: np.ndarray
+    area: Any
+    raster_crs: Any
+    raster_transform: Any
+    raster_hw: tuple[int, int]
+    cache_info: dict[str, Any]
+    features_s: float
+
+
+def context_features(samples: list[TileSample], normalisation: BandNormalisation,
+                     context: BandContextConfig) -> None:
+    """Append each tile's band context (every band scaled as ``normalisation``, its local means and spread;
+    :mod:`..models.band_context`) to its features, after the cached backbone features: cheap to compute,
+    so never cached."""
+    for sample in samples:
+        scaled = normalisation.apply(sample.band_values)
+        scaled[:, ~sample.valid] = 0.0
+        sample.features.append(band_context(torch.from_numpy(scaled)[None], context.windows_px, context.spread_px))
+
+
+def prepare_train(params: dict[str, Any], progress: Progress) -> TrainingSetup:
+    """Everything of ``train`` before the trainer: labels, folds, tiles, backbone features (from the cache or
+    computed), the band context, and the model maker."""
     from ..models.cache import BACKBONES
     from ..models.diffusion import DiffusionFeatureExtractor
     from ..models.diffusion.registry import resolve_config
@@ -118,6 +156,10 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
             raise UserError(f"tile_px must be at least {MIN_TILE_PX}; got {tile_px}")
         samples = label_tiles(src, local, area, tile_px, bands)
         normalisation = raster_normalisation(src, bands, params["seed"])
+        context = None
+        if params.get("band_context", True):
+            every_band = raster_normalisation(src, tuple(range(1, src.count + 1)), params["seed"])
+            context = BandContextConfig(every_band.bands, every_band.low, every_band.high)
         raster_crs, raster_transform, raster_hw = src.crs, src.transform, (src.height, src.width)
     tiles = LabelTiles(samples, local, raster_transform)
     train_px = check_training_pixels(local, tiles.targets(np.ones(len(local.geometries), dtype=bool)))
@@ -138,8 +180,8 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     keys = [tile_key(raster, s.window, feature_config) for s in samples]
     total = len(samples) + (folds.count + 1) * settings.epochs + 3
     computed = tile_features(samples, keys, cache, extractor, normalisation, progress, total)
-    features_s = time.monotonic() - started_s
-
+    if context is not None:
+        context_features(samples, BandNormalisation(context.bands, context.low, context.high), context)
     head = choose_head(params["head"], int(train_px.sum()))
 
     def new_model() -> SatDiFuser:
@@ -151,49 +193,66 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
             timesteps=list(extractor.timesteps), blocks=list(extractor.blocks), levels=list(extractor.levels),
             bands=list(normalisation.bands), band_low=list(normalisation.low), band_high=list(normalisation.high),
             normalisation=NORMALISATION_NOTE, tile_px=tile_px, features=extractor.describe(),
+            band_context=context,
         )
 
-    trained = cross_validate(tiles, folds, class_dicts, new_model, settings, device, bool(params["baseline"]),
-                             epoch_progress(progress, len(samples), total, settings.epochs))
+    cache_info = {"tiles_total": len(samples), "tiles_computed": computed, "tiles_cached": len(samples) - computed,
+                  "folder": str(cache.folder), "bytes": cache.total_bytes, "evicted": cache.evicted,
+                  "labels_outside_raster": outside}
+    return TrainingSetup(tiles, folds, class_dicts, new_model, settings, device, head, tile_px, train_px, area,
+                         raster_crs, raster_transform, raster_hw, cache_info, time.monotonic() - started_s)
+
+
+def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    started_s = time.monotonic()
+    setup = prepare_train(params, progress)
+    settings, samples, folds = setup.settings, setup.tiles.samples, setup.folds
+    total = len(samples) + (folds.count + 1) * settings.epochs + 3
+    features_s = setup.features_s
+    trained = cross_validate(setup.tiles, folds, setup.classes, setup.new_model, settings, setup.device,
+                             bool(params["baseline"]), epoch_progress(progress, len(samples), total, settings.epochs))
     model, history, metrics, baseline = trained.head, trained.history, trained.metrics, trained.baseline
     training_s = time.monotonic() - started_s - features_s
-    cache_info = {"tiles_total": len(samples), "tiles_computed": computed, "tiles_cached": len(samples) - computed,
-                  "folder": str(cache.folder), "bytes": cache.total_bytes, "evicted": cache.evicted}
+    cache_info = {k: v for k, v in setup.cache_info.items() if k != "labels_outside_raster"}
     model.config.metrics = {**metrics, "baseline": baseline, "comparison": trained.comparison}
     model.config.training = {
         "epochs": settings.epochs, "epochs_run": len(history.losses), "patience": settings.patience,
         "learning_rate": settings.learning_rate, "batch_size": settings.batch_size,
-        "final_loss": history.losses[-1], "tiles": len(samples), "image": str(Path(params["image"]).resolve()),
-        "labels": str(Path(params["labels"]).resolve()), "training_px": train_px.tolist(),
+        "final_loss": history.losses[-1] if history.losses else None, "tiles": len(samples),
+        "image": str(Path(params["image"]).resolve()),
+        "labels": str(Path(params["labels"]).resolve()), "training_px": setup.train_px.tolist(),
         "head_choice": params["head"], "validation": trained.validation, "seed": params["seed"],
     }
-    model.config.training["band_statistics"] = band_statistics(params["image"], normalisation.bands)
+    model.config.training["band_statistics"] = band_statistics(params["image"], model.config.bands)
     progress.update(total - 1, total, "saving the head")
     folder = model.save_pretrained(params["out"])
     result: dict[str, Any] = {
         "model": str(folder),
         "classes": model.config.classes,
-        "head": head,
+        "head": setup.head,
+        "band_context": bool(model.config.band_context),
         "metrics": metrics,
         "baseline": baseline,
         "comparison": trained.comparison,
         "validation": trained.validation,
         "cache": cache_info,
         "tiles": len(samples),
-        "tile_px": tile_px,
-        "labels_outside_raster": outside,
+        "tile_px": setup.tile_px,
+        "labels_outside_raster": setup.cache_info["labels_outside_raster"],
         "losses": history.losses,
-        "device": str(device),
+        "device": str(setup.device),
     }
     train_done_s = time.monotonic() - started_s
     if params["preview"]:
         from .preview import run_preview
 
-        result.update(run_preview(params, folder, area, raster_hw, raster_crs, raster_transform, tile_px, progress))
+        result.update(run_preview(params, folder, setup.area, setup.raster_hw, setup.raster_crs,
+                                  setup.raster_transform, setup.tile_px, progress))
     if "most_uncertain" not in result:
         from .preview import most_uncertain_tile
 
-        result["most_uncertain"] = most_uncertain_tile(model, samples, raster_transform, raster_crs, device)
+        result["most_uncertain"] = most_uncertain_tile(model, samples, setup.raster_transform, setup.raster_crs,
+                                                       setup.device)
     progress.update(total, total, f"done. {trained.verdict()}")
     result["seconds"] = {"features": round(features_s, 2), "training": round(training_s, 2),
                          "train_total": round(train_done_s, 2), "total": round(time.monotonic() - started_s, 2)}

@@ -89,18 +89,27 @@ def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targe
     torch.manual_seed(settings.seed)
     model.to(device).train()
     weights = class_weights(targets, model.head.num_classes).to(device)
+    prefit = getattr(model, "prefit", None)
+    # Parts fitted in closed form before the loop (SatDiFuser's band branch); when they already predict, the
+    # state before the first epoch is a candidate of the early stopping too (epoch "0": the head adds nothing).
+    starts_fitted = bool(prefit(features, targets, weights)) if prefit is not None else False
     target_tensors = [torch.from_numpy(t) for t in targets]
     with_labels = [i for i, t in enumerate(targets) if (t >= 0).any()]
     held_out = [i for i, t in enumerate(stopping_targets or []) if (t >= 0).any()]
-    last_epoch = settings.epochs if epochs_to_run is None else max(1, min(settings.epochs, epochs_to_run))
+    fewest = 0 if starts_fitted else 1
+    last_epoch = settings.epochs if epochs_to_run is None else max(fewest, min(settings.epochs, epochs_to_run))
     steps_per_epoch = math.ceil(len(with_labels) / settings.batch_size)
     total_steps = settings.epochs * steps_per_epoch
     warmup_epochs = min(settings.warmup_epochs, settings.epochs // 5)
     warmup_steps = warmup_epochs * steps_per_epoch
-    optimizer = torch.optim.AdamW(model.parameters(), lr=settings.learning_rate, weight_decay=settings.weight_decay)
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(trainable, lr=settings.learning_rate, weight_decay=settings.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup_steps, total_steps))
     history = TrainingHistory()
     best_loss, best_state, since_best = math.inf, None, 0
+    if held_out and starts_fitted:
+        best_loss = hold_out_loss(model, features, stopping_targets or [], held_out, weights, device)
+        best_state = copy.deepcopy(model.state_dict())
     for epoch in range(last_epoch):
         model.train()
         order = [with_labels[i] for i in torch.randperm(len(with_labels), generator=generator).tolist()]

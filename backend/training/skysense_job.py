@@ -18,6 +18,8 @@ import hashlib
 import json
 import math
 import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,9 @@ from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
 from ..errors import UserError
+from ..models.band_context import DEFAULT_SPREAD_PX, DEFAULT_WINDOWS_PX, BandContextBranch, prefit_branch
 from ..models.skysense import SkySense
+from ..models.skysense.model import cell_band_context
 from ..progress import Progress
 from ..raster.band_check import modality_band_statistics
 from ..raster.labels import NO_LABEL, LabelSet, labels_on_raster, rasterize_features, read_labels
@@ -38,7 +42,7 @@ from .feature_cache import FeatureCache, raster_identity, tile_key
 from .fewshot import LabelTiles, PackedPixels, cross_validate, epoch_progress
 from .loop import TrainingSettings
 from .samples import TileSample, check_labels, check_training_pixels
-from .split import check_block_m, spatial_folds
+from .split import SpatialFolds, check_block_m, spatial_folds
 
 #: Fewer labels than this in all cannot be split into training and validation.
 MIN_LABELS = 2
@@ -46,17 +50,28 @@ MIN_LABELS = 2
 
 class HeadOnFeatures(nn.Module):
     """The SkySense head in the form the shared loop trains: ``decode(features, hw)`` -> logits, where
-    ``features`` is a tile's cached feature list (one level: F_fus, (B, 2d, h, w))."""
+    ``features`` is a tile's feature list: F_fus (B, 2d, h, w) from the cache, then, for a head with a band
+    branch, the cells' band context (:func:`..models.skysense.model.cell_band_context`)."""
 
-    def __init__(self, head: nn.Module) -> None:
+    def __init__(self, head: nn.Module, band_branch: BandContextBranch | None = None) -> None:
         super().__init__()
         self.head = head
+        self.band_branch = band_branch
 
     def decode(self, features: list[Tensor], image_hw: tuple[int, int]) -> Tensor:
         logits = self.head(features[0])
+        if self.band_branch is not None:
+            logits = logits + self.band_branch(features[1])
         if tuple(logits.shape[-2:]) != tuple(image_hw):
             logits = F.interpolate(logits, size=tuple(image_hw), mode="bilinear", align_corners=False)
         return logits
+
+    def prefit(self, features: Sequence[Sequence[Tensor]], targets: Sequence[Any], class_weight: Tensor) -> bool:
+        """Fit the band branch on the labelled cells before the loop (as :meth:`SatDiFuser.prefit`)."""
+        if self.band_branch is None:
+            return False
+        return prefit_branch(self.band_branch, [tile[1] for tile in features], targets, class_weight,
+                             next(self.head.parameters()).device)
 
     def auxiliary_loss(self) -> Tensor | None:
         return None
@@ -99,9 +114,13 @@ def cell_band_values(inputs: dict[str, Any], stack: InputStack) -> np.ndarray:
 
 def label_samples(stack: InputStack, model: SkySense, labels: LabelSet, area: Window, cache: FeatureCache,
                   identity: dict[str, Any], feature_config: dict[str, Any], progress: Progress,
-                  total: int) -> tuple[list[TileSample], int]:
+                  total: int, context_modalities: list[str] | None = None,
+                  context_channels: dict[str, int] | None = None) -> tuple[list[TileSample], int]:
     """The grid tiles holding labelled valid cells, with their F_fus from the cache or the model (then
-    cached); returns the samples and how many tiles were computed."""
+    cached), followed by the cells' band context of ``context_modalities`` when given (cheap: never
+    cached; the bands of each modality go into ``context_channels``); returns the samples and how many
+    tiles were computed."""
+    context_channels = {} if context_channels is None else context_channels
     device = next(model.parameters()).device
     grid = stack.grid
     samples: list[TileSample] = []
@@ -127,6 +146,9 @@ def label_samples(stack: InputStack, model: SkySense, labels: LabelSet, area: Wi
             cache.put(key, [fused])
             features = [fused.to(torch.float16).to(torch.float32).cpu()]  # as a cache hit reads them
             computed += 1
+        if context_modalities:
+            features = [*features, cell_band_context(inputs, context_modalities, (stack.tile_px, stack.tile_px))]
+            context_channels.update({m: int(inputs[m].shape[-3]) for m in context_modalities})
         samples.append(TileSample(window, None, cell_valid, feature_px, cell_band_values(inputs, stack), features))
     cache.flush()
     if not samples:
@@ -134,8 +156,34 @@ def label_samples(stack: InputStack, model: SkySense, labels: LabelSet, area: Wi
     return samples, computed
 
 
-def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    """Train a SkySense head on the labels and save the model with it (see the module's docstring)."""
+@dataclass
+class SkySenseTrainingSetup:
+    """What ``train-skysense`` hands the few-shot trainer (the attributes SatDiFuser's setup has too) and
+    what its result reports."""
+
+    tiles: PackedPixels
+    folds: SpatialFolds
+    classes: list[dict[str, Any]]
+    new_model: Callable[[], HeadOnFeatures]
+    settings: TrainingSettings
+    device: torch.device
+    loaded: LoadedModel
+    modalities: list[Any]
+    normalisation: dict[str, Any]
+    grid_gsd_m: float
+    tile_px: int
+    train_px: np.ndarray
+    windows: int
+    computed: int
+    samples: int
+    cache_folder: str
+    outside: Any
+    features_s: float
+
+
+def prepare_train_skysense(params: dict[str, Any], progress: Progress) -> SkySenseTrainingSetup:
+    """Everything of ``train-skysense`` before the trainer: labels, folds, the model, the input stack, the
+    F_fus of the labelled tiles (cached), packed per labelled cell."""
     started_s = time.monotonic()
     seed = int(params.get("seed") or 0)
     settings = TrainingSettings(epochs=int(params["epochs"]), learning_rate=float(params["learning_rate"]),
@@ -165,39 +213,59 @@ def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, 
         cache = FeatureCache(params.get("cache_dir"), max_bytes=int(params["cache_max_mb"]) * 1024**2)
         windows = label_windows(area, stack.tile_px)
         total = len(windows) + (folds.count + 1) * settings.epochs + 3
+        context_modalities = [m.name for m in modalities] if params.get("band_context", True) else None
+        context_channels: dict[str, int] = {}
         samples, computed = label_samples(stack, model, local, area, cache, identity, feature_config, progress,
-                                          total)
-    features_s = time.monotonic() - started_s
+                                          total, context_modalities, context_channels)
+    context: dict[str, Any] | None = None
+    if context_modalities:
+        context = {"modalities": context_modalities, "modality_channels": context_channels,
+                   "windows_px": list(DEFAULT_WINDOWS_PX), "spread_px": DEFAULT_SPREAD_PX}
     # The head is linear per cell: trained on the labelled cells alone, it is the same head, many times faster.
     tiles = PackedPixels(LabelTiles(samples, local, grid.transform))
     train_px = check_training_pixels(local, tiles.targets(np.ones(len(local.geometries), dtype=bool)))
     class_dicts = [c.to_json() for c in local.classes]
 
     def new_head() -> HeadOnFeatures:
-        return HeadOnFeatures(model.attach_head(class_dicts))  # the last one made, the final head, stays on
+        head = model.attach_head(class_dicts, context)  # the last one made, the final head, stays on
+        return HeadOnFeatures(head, model.band_branch)
 
-    trained = cross_validate(tiles, folds, class_dicts, new_head, settings, device, bool(params.get("baseline")),
-                             epoch_progress(progress, len(windows), total, settings.epochs))
+    return SkySenseTrainingSetup(tiles, folds, class_dicts, new_head, settings, device, loaded, modalities,
+                                 normalisation, grid.gsd_m, stack.tile_px, train_px, len(windows), computed,
+                                 len(samples), str(cache.folder), outside, time.monotonic() - started_s)
+
+
+def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    """Train a SkySense head on the labels and save the model with it (see the module's docstring)."""
+    started_s = time.monotonic()
+    setup = prepare_train_skysense(params, progress)
+    settings, folds, modalities, loaded = setup.settings, setup.folds, setup.modalities, setup.loaded
+    model = loaded.model
+    total = setup.windows + (folds.count + 1) * settings.epochs + 3
+    trained = cross_validate(setup.tiles, folds, setup.classes, setup.new_model, settings, setup.device,
+                             bool(params.get("baseline")),
+                             epoch_progress(progress, setup.windows, total, settings.epochs))
     history, metrics, baseline = trained.history, trained.metrics, trained.baseline
-    model.config.normalisation = normalisation
+    model.config.normalisation = setup.normalisation
     model.config.training = {
         "modalities": [m.name for m in modalities], "inputs": {m.name: m.describe() for m in modalities},
         "labels": str(Path(params["labels"]).resolve()), "base_model": loaded.name,
-        "base_checkpoint_sha256": loaded.checkpoint_sha256, "grid_gsd_m": grid.gsd_m, "tile_px": stack.tile_px,
-        "epochs": settings.epochs, "epochs_run": len(history.losses), "learning_rate": settings.learning_rate,
-        "batch_size": settings.batch_size, "validation": trained.validation, "training_px": train_px.tolist(),
-        "seed": seed, "metrics": metrics, "baseline": baseline, "comparison": trained.comparison,
+        "base_checkpoint_sha256": loaded.checkpoint_sha256, "grid_gsd_m": setup.grid_gsd_m,
+        "tile_px": setup.tile_px, "epochs": settings.epochs, "epochs_run": len(history.losses),
+        "learning_rate": settings.learning_rate, "batch_size": settings.batch_size,
+        "validation": trained.validation, "training_px": setup.train_px.tolist(), "seed": settings.seed,
+        "metrics": metrics, "baseline": baseline, "comparison": trained.comparison,
     }
     model.config.training["band_statistics"] = modality_band_statistics(modalities)
     progress.update(total - 1, total, "saving the model with its head")
     folder = model.save_pretrained(params["out"])
     progress.update(total, total, f"done. {trained.verdict()}")
     return {
-        "model": str(Path(folder).resolve()), "classes": class_dicts, "metrics": metrics, "baseline": baseline,
+        "model": str(Path(folder).resolve()), "classes": setup.classes, "metrics": metrics, "baseline": baseline,
         "comparison": trained.comparison, "validation": trained.validation,
-        "cache": {"tiles_total": len(samples), "tiles_computed": computed, "tiles_cached": len(samples) - computed,
-                  "folder": str(cache.folder)},
-        "tiles": len(samples), "tile_px": stack.tile_px, "labels_outside": outside, "losses": history.losses,
-        "device": str(device), "warnings": list(loaded.warnings),
-        "seconds": {"features": round(features_s, 2), "total": round(time.monotonic() - started_s, 2)},
+        "cache": {"tiles_total": setup.samples, "tiles_computed": setup.computed,
+                  "tiles_cached": setup.samples - setup.computed, "folder": setup.cache_folder},
+        "tiles": setup.samples, "tile_px": setup.tile_px, "labels_outside": setup.outside,
+        "losses": history.losses, "device": str(setup.device), "warnings": list(loaded.warnings),
+        "seconds": {"features": round(setup.features_s, 2), "total": round(time.monotonic() - started_s, 2)},
     }

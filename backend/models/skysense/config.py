@@ -99,6 +99,10 @@ class SkySenseConfig:
     normalisation: dict[str, dict[str, list[float]]] = field(default_factory=dict)
     #: What the head's training recorded: inputs, labels, metrics, settings (empty without a trained head).
     training: dict[str, Any] = field(default_factory=dict)
+    #: The head's band context (``..band_context``): the cells' band values of ``modalities`` (each series
+    #: averaged over its valid dates) with their local means and spread, read by a per-cell branch beside
+    #: the linear head. Empty: the head reads F_fus alone.
+    band_context: dict[str, Any] = field(default_factory=dict)
     #: The regions whose prototypes were learned (pretraining or learning on an area), sorted; None: not
     #: recorded (models saved before Terrafuse recorded it). No official file carries prototypes.
     prototype_regions: list[int] | None = None

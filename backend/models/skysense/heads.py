@@ -47,11 +47,18 @@ def polygon_pool(features: Tensor, polygon_ids: Tensor, num_polygons: int, weigh
 
 
 def classify_polygons(head: PixelClassifier, features: Tensor, polygon_ids: Tensor, num_polygons: int,
-                      weights: Tensor | None = None, top_k: int = 3) -> tuple[Tensor, Tensor, Tensor]:
+                      weights: Tensor | None = None, top_k: int = 3,
+                      band_branch: nn.Module | None = None) -> tuple[Tensor, Tensor, Tensor]:
     """One class per polygon: pooled features through the head. Returns probabilities (num_polygons,
-    classes), and the top-k probabilities and class indices (num_polygons, k); NaN rows stay NaN."""
+    classes), and the top-k probabilities and class indices (num_polygons, k); NaN rows stay NaN. With a
+    ``band_branch``, ``features`` holds F_fus followed by the band context, and the branch's logits on the
+    polygon's mean context are added."""
     pooled = polygon_pool(features, polygon_ids, num_polygons, weights)
-    probabilities = torch.softmax(head.linear(pooled), dim=-1)
+    fused = head.linear.in_features
+    logits = head.linear(pooled[:, :fused])
+    if band_branch is not None:
+        logits = logits + band_branch(pooled[:, fused:, None, None])[:, :, 0, 0]
+    probabilities = torch.softmax(logits, dim=-1)
     k = min(top_k, probabilities.shape[-1])
     top_p, top_i = probabilities.nan_to_num(-1.0).topk(k, dim=-1)
     return probabilities, top_p, top_i

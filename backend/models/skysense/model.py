@@ -21,9 +21,11 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F  # noqa: N812 - the usual spelling
 from torch import Tensor, nn
 
 from ...errors import UserError
+from ..band_context import DEFAULT_SPREAD_PX, DEFAULT_WINDOWS_PX, BandContextBranch, band_context
 from ..saved_folder import save_model_files
 from .config import GRID_PRIORITY, SkySenseConfig
 from .encoders import ModalityAdapter, SpatialEncoder, resize_to_grid
@@ -53,6 +55,8 @@ class SkySense(nn.Module):
         self.geo_context = GeoContextIntegration()
         self.regions = RegionGrid(*config.region_grid)
         self.head = PixelClassifier(2 * config.dim, config.num_classes) if config.classes else None
+        self.band_branch = self._band_branch(config.num_classes) if config.classes and config.band_context \
+            else None
 
     @property
     def feature_info(self) -> list[dict[str, Any]]:
@@ -63,13 +67,59 @@ class SkySense(nn.Module):
         return [{"num_chs": 2 * self.config.dim, "reduction": enc.reduction // self.adapters[grid].up_scale,
                  "module": "features", "grid_modality": grid}]
 
-    def attach_head(self, classes: list[dict[str, Any]]) -> PixelClassifier:
-        """A new linear head for ``classes`` ({"id", "name", "colour"}), replacing any earlier one."""
+    def attach_head(self, classes: list[dict[str, Any]], band_context: dict[str, Any] | None = None) -> PixelClassifier:
+        """A new linear head for ``classes`` ({"id", "name", "colour"}), replacing any earlier one; with
+        ``band_context`` ({"modalities": [...], "modality_channels": {m: bands}, "windows_px", "spread_px"}), a per-cell
+        band branch beside it (:mod:`..band_context`), and the head starts at zero."""
         if not classes:
             raise ValueError("a head needs at least one class")
         self.config.classes = [dict(c) for c in classes]
-        self.head = PixelClassifier(2 * self.config.dim, len(classes)).to(self.date_encoding.weight.device)
+        self.config.band_context = dict(band_context or {})
+        device = self.date_encoding.weight.device
+        self.head = PixelClassifier(2 * self.config.dim, len(classes)).to(device)
+        self.band_branch = self._band_branch(len(classes))
+        if self.band_branch is not None:
+            self.band_branch.to(device)
+            nn.init.zeros_(self.head.linear.weight)
+            nn.init.zeros_(self.head.linear.bias)
         return self.head
+
+    def _band_branch(self, num_classes: int) -> BandContextBranch | None:
+        context = self.config.band_context
+        if not context:
+            return None
+        channels = sum(int(c) for c in context["modality_channels"].values())
+        return BandContextBranch(channels * (2 + len(context.get("windows_px", DEFAULT_WINDOWS_PX))), num_classes,
+                                 **context.get("branch", {}))
+
+    def cell_context(self, inputs: dict[str, Tensor], grid_hw: tuple[int, int]) -> Tensor:
+        """The head's band context on the fused grid (:func:`cell_band_context` with ``config.band_context``).
+
+        A modality the head was trained with but not given (the model runs on fewer, and says so) reads as
+        the training pixels' mean: after the branch's standardisation its channels are 0 and add nothing."""
+        context = self.config.band_context
+        modalities = list(context["modalities"])
+        channels = {m: int(c) for m, c in context["modality_channels"].items()}
+        windows = tuple(context.get("windows_px", DEFAULT_WINDOWS_PX))
+        given = [m for m in modalities if inputs.get(m) is not None]
+        if not given:
+            raise UserError(f"This head reads the bands of {', '.join(modalities)} beside the features; give at "
+                            "least one of them")
+        batch = torch.as_tensor(inputs[given[0]]).shape[0]
+        filled = dict(inputs)
+        for m in modalities:
+            if m not in given:
+                filled[m] = torch.zeros(batch, 1, channels[m], *grid_hw, device=self.date_encoding.weight.device)
+                filled.pop(f"{m}_valid", None)
+            elif torch.as_tensor(inputs[m]).shape[-3] != channels[m]:
+                raise UserError(f"This head reads {channels[m]} {m} bands beside the features; the {m} input has "
+                                f"{torch.as_tensor(inputs[m]).shape[-3]}. Give the bands it was trained with")
+        out = cell_band_context(filled, modalities, grid_hw, windows, int(context.get("spread_px", DEFAULT_SPREAD_PX)))
+        if len(given) < len(modalities) and self.band_branch is not None:
+            absent = torch.cat([torch.full((channels[m],), m not in given, dtype=torch.bool) for m in modalities])
+            absent = absent.repeat(2 + len(windows)).to(out.device)
+            out[:, absent] = self.band_branch.shift.to(out.dtype)[absent][None, :, None, None]
+        return out
 
     # -- eq. 1: spatial features per modality ------------------------------------------------------
     def encode_modality(self, name: str, images: Tensor) -> Tensor:
@@ -165,6 +215,9 @@ class SkySense(nn.Module):
         }
         if self.head is not None:
             out["logits"] = self.head(out["features"])
+            if self.band_branch is not None:
+                out["band_context"] = self.cell_context(inputs, (h, w))
+                out["logits"] = out["logits"] + self.band_branch(out["band_context"])
         if return_modality_features:
             out["modality_features"] = features
         return out
@@ -202,6 +255,31 @@ class SkySense(nn.Module):
             raise UserError(f"{weights_path} is corrupt or truncated: {exc}") from None
         load_checked(model, state, str(weights_path))
         return model.eval()
+
+
+def cell_band_context(inputs: dict[str, Tensor], modalities: list[str], grid_hw: tuple[int, int],
+                      windows_px: tuple[int, ...] = DEFAULT_WINDOWS_PX,
+                      spread_px: int = DEFAULT_SPREAD_PX) -> Tensor:
+    """The band context on the fused grid (B, C', h, w): each modality's bands as cell values (a series' mean
+    over its valid dates, so the channels do not depend on how many dates are given; a high-resolution
+    image's mean over each cell), then :func:`..band_context.band_context`."""
+    planes = []
+    for m in modalities:
+        x = inputs.get(m)
+        if x is None:
+            raise UserError(f"This head reads the {m} bands beside the features; give the {m} input it was trained "
+                            "with")
+        x = torch.as_tensor(x).float()
+        if x.ndim == 4:
+            x = x.unsqueeze(1)
+        valid = inputs.get(f"{m}_valid")
+        weight = torch.ones(x.shape[:2], device=x.device) if valid is None else \
+            torch.as_tensor(valid).to(x.device, torch.float32).reshape(x.shape[:2])
+        mean = (x * weight[:, :, None, None, None]).sum(1) / weight.sum(1).clamp_min(1.0)[:, None, None, None]
+        if tuple(mean.shape[-2:]) != tuple(grid_hw):
+            mean = F.adaptive_avg_pool2d(mean, grid_hw)
+        planes.append(mean)
+    return band_context(torch.cat(planes, dim=1), windows_px, spread_px)
 
 
 def load_checked(model: nn.Module, state: dict[str, Tensor], where: str) -> None:
