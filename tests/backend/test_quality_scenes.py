@@ -118,3 +118,12 @@ def test_labels_are_spread_over_the_scene(scene):
         left, top = src.bounds.left, src.bounds.top
     cells = {(int((c.x - left) // block), int((top - c.y) // block)) for c in shapely.centroid(geometries)}
     assert len(cells) >= 8
+
+
+def test_labels_of_different_classes_never_overlap(scene):
+    geometries, _, names, _ = _labels(scene)
+    tree = shapely.STRtree(geometries)
+    left, right = tree.query(geometries, predicate="intersects")
+    clashes = [(names[i], names[j]) for i, j in zip(left, right)
+               if names[i] != names[j] and shapely.intersection(geometries[i], geometries[j]).area > 0]
+    assert not clashes
