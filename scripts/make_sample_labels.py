@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import pyogrio
 import pyogrio.raw
 import shapely
 
@@ -87,21 +88,29 @@ def label_rows() -> tuple[list[shapely.MultiPolygon], np.ndarray, np.ndarray, np
             np.array(colours, dtype=object))
 
 
-def write_labels(path: Path) -> Path:
-    """Write the GeoPackage afresh: the ``labels`` layer first, then the ``classes`` table."""
+def write_label_layers(path: Path, geometries: list, ids: np.ndarray, names: np.ndarray, colours: np.ndarray,
+                       classes: tuple[tuple[int, str, str], ...], crs: str) -> Path:
+    """Write a labels GeoPackage afresh, in the plugin's layout: the ``labels`` layer (multipolygons with class_id,
+    class_name, colour) first, then the ``classes`` table (class_id, class_name, colour) without geometry."""
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".partial-{path.name}")
     partial.unlink(missing_ok=True)
-    geometries, ids, names, colours = label_rows()
     fields = ["class_id", "class_name", "colour"]
+    # A fixed timestamp in the GeoPackage's metadata: the same labels give the same bytes.
+    pyogrio.set_gdal_config_options({"OGR_CURRENT_DATE": "2000-01-01T00:00:00.000Z"})
     pyogrio.raw.write(str(partial), shapely.to_wkb(np.asarray(geometries, dtype=object)), [ids, names, colours],
-                      fields, driver="GPKG", layer="labels", geometry_type="MultiPolygon", crs=CRS)
-    pyogrio.raw.write(str(partial), None, [np.array([c[0] for c in CLASSES], dtype=np.int32),
-                                           np.array([c[1] for c in CLASSES], dtype=object),
-                                           np.array([c[2] for c in CLASSES], dtype=object)],
+                      fields, driver="GPKG", layer="labels", geometry_type="MultiPolygon", crs=crs)
+    pyogrio.raw.write(str(partial), None, [np.array([c[0] for c in classes], dtype=np.int32),
+                                           np.array([c[1] for c in classes], dtype=object),
+                                           np.array([c[2] for c in classes], dtype=object)],
                       fields, driver="GPKG", layer="classes", geometry_type=None, append=True)
     partial.replace(path)
     return path
+
+
+def write_labels(path: Path) -> Path:
+    """Write the sample's GeoPackage afresh."""
+    return write_label_layers(path, *label_rows(), CLASSES, CRS)
 
 
 def main(argv: list[str] | None = None) -> int:
