@@ -28,7 +28,8 @@ HASHED = ("--require-hashes",)
 TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-[\w-]+|cuda-[\w-]+)$", re.IGNORECASE)
 #: The lock's entries for this environment, written into it before pip reads them.
 LOCK_COPY = "terrafuse-requirements.txt"
-MIN_PYTHON = (3, 9)
+#: The lock (requirements/backend.txt) is resolved for Python 3.11 and newer (numpy 2.4 needs 3.11).
+MIN_PYTHON = (3, 11)
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -80,7 +81,7 @@ def base_python_candidates() -> List[str]:
 
 
 def find_base_python(candidates: Optional[List[str]] = None) -> str:
-    """The first candidate that is Python 3.9 or newer with venv; an InstallError says what was tried."""
+    """The first candidate that is Python 3.11 or newer with venv; an InstallError says what was tried."""
     candidates = base_python_candidates() if candidates is None else candidates
     check = "import sys, venv; print('%d.%d' % sys.version_info[:2])"
     for candidate in candidates:

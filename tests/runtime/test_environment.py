@@ -101,5 +101,5 @@ def test_cancel_stops_the_install(tmp_path) -> None:
 
 
 def test_no_usable_base_python_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(InstallError, match="No Python 3.9\\+ with venv"):
+    with pytest.raises(InstallError, match="No Python 3.11\\+ with venv"):
         find_base_python([str(tmp_path / "missing")])
