@@ -28,23 +28,27 @@ system:
 	  $(SUDO) apt-get update -qq && DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq \
 	    --no-install-recommends $(APT_PACKAGES) >/dev/null; fi
 
-# The backend worker's isolated environment, pinned; the backend itself installed editable into it (the
-# `terrafuse` command, and `python -m backend` from any folder).
+# Every pip takes wheels only (no package's build script runs) and checks each file against the sha256 of the
+# hashed lock files in requirements/ (`make lock` writes them from the *.in files).
+PIP_LOCKED = -m pip install -q --disable-pip-version-check --require-hashes --only-binary :all:
+
+# The backend worker's isolated environment, pinned and hashed; the backend itself installed editable into it
+# (the `terrafuse` command, and `python -m backend` from any folder), built by the lock's own setuptools.
 $(VENV)/.installed: requirements/backend.txt pyproject.toml | system
 	test -x $(VENV)/bin/python || $(SYSTEM_PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/backend.txt
-	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -e .
+	$(VENV)/bin/python $(PIP_LOCKED) -r requirements/backend.txt
+	$(VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps --no-build-isolation -e .
 	touch $@
 
 $(VENV)/.dev-installed: requirements/dev.txt $(VENV)/.installed
-	$(VENV)/bin/python -m pip install -q --disable-pip-version-check -r requirements/dev.txt
+	$(VENV)/bin/python $(PIP_LOCKED) -r requirements/dev.txt
 	touch $@
 
 # The plugin's test environment: QGIS's own Python plus pytest, pytest-qt and mock, nothing else.
 # --no-deps: the file pins every package, so pip cannot reach for a newer numpy or a PyQt5 wheel.
 $(QGIS_VENV)/.installed: requirements/qgis-test.txt scripts/check_qgis_env.py | system
 	test -x $(QGIS_VENV)/bin/python || $(SYSTEM_PYTHON) -m venv --system-site-packages $(QGIS_VENV)
-	$(QGIS_VENV)/bin/python -m pip install -q --disable-pip-version-check --no-deps -r requirements/qgis-test.txt
+	$(QGIS_VENV)/bin/python $(PIP_LOCKED) --no-deps -r requirements/qgis-test.txt
 	$(QGIS_VENV)/bin/python scripts/check_qgis_env.py
 	touch $@
 
@@ -73,12 +77,22 @@ qgis: $(VENV)/.installed | system
 package: | system
 	$(SYSTEM_PYTHON) scripts/package.py --out dist
 
-# Re-pin requirements/backend.txt from requirements/backend.in in a fresh environment.
+# Re-pin and re-hash requirements/*.txt from requirements/*.in with uv (itself installed by hash into a
+# throwaway .lock-venv): one resolution for every platform and Python >= 3.11, the sha256 of every file PyPI
+# lists for each pin. The current pins are kept where they still fit; `make lock LOCK_FLAGS=--upgrade` (or
+# `--upgrade-package NAME`) moves them on. uv reads no pip.conf: a mirror is given as UV_INDEX_URL.
+LOCK_VENV := .lock-venv
+LOCK_FLAGS :=
+UV_COMPILE = $(LOCK_VENV)/bin/uv pip compile --quiet --universal --python-version 3.11 --generate-hashes \
+	--only-binary :all: --custom-compile-command 'make lock' $(LOCK_FLAGS)
 lock:
-	rm -rf .lock-venv && $(SYSTEM_PYTHON) -m venv .lock-venv
-	.lock-venv/bin/python -m pip install -q -r requirements/backend.in
-	{ sed -n '1,/^#.*make lock/p' requirements/backend.txt; .lock-venv/bin/python -m pip freeze; } > requirements/backend.txt.new
-	mv requirements/backend.txt.new requirements/backend.txt && rm -rf .lock-venv
+	rm -rf $(LOCK_VENV) && $(SYSTEM_PYTHON) -m venv $(LOCK_VENV)
+	$(LOCK_VENV)/bin/python $(PIP_LOCKED) -r requirements/lock-tools.txt
+	$(UV_COMPILE) requirements/backend.in -o requirements/backend.txt
+	$(UV_COMPILE) requirements/dev.in -c requirements/backend.txt -o requirements/dev.txt
+	$(UV_COMPILE) --no-deps requirements/qgis-test.in -o requirements/qgis-test.txt
+	$(UV_COMPILE) requirements/lock-tools.in -o requirements/lock-tools.txt
+	rm -rf $(LOCK_VENV)
 
 clean:
 	rm -rf $(VENV) $(QGIS_VENV) dist demo-output .pytest_cache .ruff_cache

@@ -155,6 +155,8 @@ PRESENTATION: dict[str, tuple[str, str]] = {
     "uncertainty": ("Uncertainty raster", "output"),
     "polygons": ("Class polygons", "output"),
     "gsd_m": ("Working resolution (m)", "advanced"),
+    "metadata": ("DiffusionSat metadata", "advanced"),
+    "date": ("Acquisition date", "advanced"),
     "cluster": ("Ray cluster", "advanced"),
     "actors": ("Ray actors", "advanced"),
     "threads": ("Threads per actor", "advanced"),
@@ -360,6 +362,14 @@ register(
             Param("unet_folder", "str", "UNet folder inside the backbone (e.g. checkpoint-150000/unet or unet; "
                   "default: the newest checkpoint as DiffusionSat's authors load it)", None),
             Param("tile_px", "int", "Tile size in pixels (default: the backbone's training size)", None),
+            Param("gsd_m", "float", "Ground resolution (m) the tiles and labels are resampled to, as segment "
+                  "reads them; the head records it and segment maps at it; 0: the raster's own (default: the "
+                  "backbone's pretraining resolution where it has one, else the raster's own)", None),
+            Param("metadata", "choice", "DiffusionSat's metadata embedding: none (its zeros, as DiffusionSat "
+                  "without metadata) or tile (each tile's centre longitude and latitude, ground resolution and "
+                  "date; segment then feeds its tiles' own)", "none", choices=("none", "tile")),
+            Param("date", "str", "Acquisition date (YYYY-MM-DD) for metadata 'tile' (default: the raster's date "
+                  "tags, else its file name, else unknown)", None),
             Param("epochs", "int", "Most training epochs", 40),
             Param("patience", "int", "Epochs without a better loss on the inner split of the training labels "
                   "before training stops (0: never)", 8),
@@ -425,6 +435,8 @@ register(
             Param("gsd_m", "float", "Ground resolution (m) the model works at: the raster is resampled to it and the "
                   "outputs back to the raster's grid; 0: the raster's own (default: the head's training "
                   "resolution if it records one, else the raster's own)", None),
+            Param("date", "str", "Acquisition date (YYYY-MM-DD) for a head trained with metadata 'tile' (default: "
+                  "the raster's date tags, else its file name, else unknown)", None),
             *CLUSTER_PARAMS,
             OVERWRITE_PARAM,
             FRESH_PARAM,

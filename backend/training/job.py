@@ -29,7 +29,7 @@ from ..raster.labels import labels_on_raster, read_labels
 from .feature_cache import FeatureCache, raster_identity, tile_key
 from .fewshot import LabelTiles, cross_validate, epoch_progress
 from .loop import TrainingSettings
-from .samples import TileSample, check_labels, check_training_pixels, label_tiles, raster_normalisation
+from .samples import TileSample, check_labels, check_training_pixels, label_tiles, raster_normalisation, training_source
 from .split import SpatialFolds, check_block_m, spatial_folds
 
 #: The smallest tile the UNet takes: 8 latent pixels times 3 downsamplings (64 px for Stable Diffusion).
@@ -71,9 +71,9 @@ def choose_head(head: str, training_px: int) -> str:
 
 
 def tile_features(samples: list[Any], keys: list[str], cache: FeatureCache, extractor: Any, normalisation: Any,
-                  progress: Progress, total: int) -> int:
+                  progress: Progress, total: int, metadata: np.ndarray | None = None) -> int:
     """Fill each sample's features from the cache or the extractor (then cached); returns how many tiles
-    were computed."""
+    were computed. ``metadata`` (N, 7): each tile's DiffusionSat metadata, for an extractor in mode "tile"."""
     computed = 0
     for i, (sample, key) in enumerate(zip(samples, keys)):
         cached = cache.get(key)
@@ -84,7 +84,10 @@ def tile_features(samples: list[Any], keys: list[str], cache: FeatureCache, extr
         image = normalisation.apply(sample.raw)
         image[:, ~sample.valid] = 0.0
         with torch.inference_mode():
-            features = extractor(torch.from_numpy(image)[None])
+            if metadata is None:
+                features = extractor(torch.from_numpy(image)[None])
+            else:
+                features = extractor(torch.from_numpy(image)[None], torch.from_numpy(metadata[i:i + 1]))
         cache.put(key, features)
         sample.features = [f.to(torch.float16).to(torch.float32) for f in features]  # as a cache hit reads them
         computed += 1
@@ -114,6 +117,8 @@ class TrainingSetup:
     raster_hw: tuple[int, int]
     cache_info: dict[str, Any]
     features_s: float
+    resolution: Any  # raster.resample's resolution of the tiles (gsd_m, resampled, warning)
+    metadata: Any  # the tiles' DiffusionSat metadata reader, or None
 
 
 def context_features(samples: list[TileSample], normalisation: BandNormalisation,
@@ -133,6 +138,7 @@ def prepare_train(params: dict[str, Any], progress: Progress) -> TrainingSetup:
     from ..models.cache import BACKBONES
     from ..models.diffusion import DiffusionFeatureExtractor
     from ..models.diffusion.registry import resolve_config
+    from ..models.diffusion.tile_metadata import tile_metadata_reader
     from ..models.segmenter import SatDiFuser
     started_s = time.monotonic()
     settings = TrainingSettings(epochs=params["epochs"], learning_rate=params["learning_rate"],
@@ -147,20 +153,25 @@ def prepare_train(params: dict[str, Any], progress: Progress) -> TrainingSetup:
     check_labels(labels, MIN_LABELS)
     folds = spatial_folds(labels, check_block_m(params["hold_out_block_m"]), params["seed"], params["folds"])
     device = default_device()
-    with open_raster(params["image"]) as src:
-        local, area, outside = labels_on_raster(labels, src)
+    backbone_config = resolve_config(params["backbone"])
+    # Tiles and labels on the grid segment reads (the backbone's pretraining resolution, or gsd_m).
+    with open_raster(params["image"]) as src, \
+            training_source(src, params.get("gsd_m"), backbone_config.gsd_m) as (source, resolution):
+        local, area, outside = labels_on_raster(labels, source)
         check_labels(local, MIN_LABELS)
         bands = parse_bands(params["bands"], src)
-        tile_px = int(params["tile_px"] or resolve_config(params["backbone"]).tile_px)
+        tile_px = int(params["tile_px"] or backbone_config.tile_px)
         if tile_px < MIN_TILE_PX:
             raise UserError(f"tile_px must be at least {MIN_TILE_PX}; got {tile_px}")
-        samples = label_tiles(src, local, area, tile_px, bands)
+        samples = label_tiles(source, local, area, tile_px, bands)
         normalisation = raster_normalisation(src, bands, params["seed"])
         context = None
         if params.get("band_context", True):
             every_band = raster_normalisation(src, tuple(range(1, src.count + 1)), params["seed"])
             context = BandContextConfig(every_band.bands, every_band.low, every_band.high)
-        raster_crs, raster_transform, raster_hw = src.crs, src.transform, (src.height, src.width)
+        metadata = tile_metadata_reader(params.get("metadata"), resolution.gsd_m, params.get("date"), params["image"])
+        tile_metadata = metadata(source, [s.window for s in samples]) if metadata else None
+        raster_crs, raster_transform, raster_hw = source.crs, source.transform, (source.height, source.width)
     tiles = LabelTiles(samples, local, raster_transform)
     train_px = check_training_pixels(local, tiles.targets(np.ones(len(local.geometries), dtype=bool)))
     class_dicts = [c.to_json() for c in local.classes]
@@ -169,7 +180,8 @@ def prepare_train(params: dict[str, Any], progress: Progress) -> TrainingSetup:
     backbone = BACKBONES.get(params["backbone"], device,  # kept loaded between jobs of the worker
                              unet_folder=params.get("unet_folder"))
     extractor = DiffusionFeatureExtractor(backbone, timesteps=timesteps, inversion=params.get("inversion") or "reuse",
-                                          inversion_steps=params.get("inversion_steps"))
+                                          inversion_steps=params.get("inversion_steps"),
+                                          metadata="tile" if metadata else "none")
 
     cache = FeatureCache(params["cache_dir"], max_bytes=params["cache_max_mb"] * 1024**2)
     raster = raster_identity(params["image"])
@@ -177,9 +189,13 @@ def prepare_train(params: dict[str, Any], progress: Progress) -> TrainingSetup:
                       "blocks": list(extractor.blocks), "levels": list(extractor.levels),
                       "bands": list(normalisation.bands), "band_low": list(normalisation.low),
                       "band_high": list(normalisation.high), "reading": extractor.describe()}
+    if resolution.resampled:  # keys of tiles at the raster's own resolution stay those of earlier runs
+        feature_config["gsd_m"] = resolution.gsd_m
+    if metadata:
+        feature_config["metadata"] = metadata.describe()
     keys = [tile_key(raster, s.window, feature_config) for s in samples]
     total = len(samples) + (folds.count + 1) * settings.epochs + 3
-    computed = tile_features(samples, keys, cache, extractor, normalisation, progress, total)
+    computed = tile_features(samples, keys, cache, extractor, normalisation, progress, total, tile_metadata)
     if context is not None:
         context_features(samples, BandNormalisation(context.bands, context.low, context.high), context)
     head = choose_head(params["head"], int(train_px.sum()))
@@ -200,7 +216,8 @@ def prepare_train(params: dict[str, Any], progress: Progress) -> TrainingSetup:
                   "folder": str(cache.folder), "bytes": cache.total_bytes, "evicted": cache.evicted,
                   "labels_outside_raster": outside}
     return TrainingSetup(tiles, folds, class_dicts, new_model, settings, device, head, tile_px, train_px, area,
-                         raster_crs, raster_transform, raster_hw, cache_info, time.monotonic() - started_s)
+                         raster_crs, raster_transform, raster_hw, cache_info, time.monotonic() - started_s,
+                         resolution, metadata)
 
 
 def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -222,6 +239,8 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "image": str(Path(params["image"]).resolve()),
         "labels": str(Path(params["labels"]).resolve()), "training_px": setup.train_px.tolist(),
         "head_choice": params["head"], "validation": trained.validation, "seed": params["seed"],
+        "gsd_m": setup.resolution.gsd_m, "resampled": setup.resolution.resampled,
+        "metadata": setup.metadata.describe() if setup.metadata else None,
     }
     model.config.training["band_statistics"] = band_statistics(params["image"], model.config.bands)
     progress.update(total - 1, total, "saving the head")
@@ -241,6 +260,8 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
         "labels_outside_raster": setup.cache_info["labels_outside_raster"],
         "losses": history.losses,
         "device": str(setup.device),
+        "gsd_m": setup.resolution.gsd_m,
+        "warnings": [setup.resolution.warning] if setup.resolution.warning else [],
     }
     train_done_s = time.monotonic() - started_s
     if params["preview"]:

@@ -131,8 +131,8 @@ def run_preview(params: dict[str, Any], head_folder: Path, area: Window, raster_
                                                       transform, crs))
         raw = {"image": params["image"], "model": str(head_folder), "out": str(out), "aoi": aoi,
                "backbone": params["backbone"]}
-        raw.update({k: v for k, v in (("uncertainty", True), ("polygons", False), ("bands", params["bands"]))
-                    if k in names})
+        raw.update({k: v for k, v in (("uncertainty", True), ("polygons", False), ("bands", params["bands"]),
+                                      ("date", params.get("date"))) if k in names})
         result = run_segment(spec.bind(raw), progress)
     answer: dict[str, Any] = {"preview": result}
     uncertainty = result.get("uncertainty_raster")

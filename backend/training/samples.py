@@ -4,7 +4,10 @@ each tile's targets for a chosen subset of the labels (the folds themselves are 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import rasterio
@@ -14,6 +17,7 @@ from torch import Tensor
 from ..errors import UserError
 from ..raster.bands import BandNormalisation, percentile_normalisation, read_bands
 from ..raster.labels import NO_LABEL, LabelSet, rasterize_features
+from ..raster.resample import recorded_gsd, resolve_gsd, working_grid, working_source
 
 #: Fewer training pixels than this in a class cannot teach the head that class.
 MIN_CLASS_TRAIN_PX = 4
@@ -50,6 +54,33 @@ class TileSample:
         """(H, W) bool: the pixels that a feature selected by ``use`` covers, also where another feature
         drawn over it wins the pixel (a held-out pixel under a training label is not held out)."""
         return rasterize_features(labels.subset(use), self.window, transform) != NO_LABEL
+
+
+@dataclass(frozen=True)
+class TrainingResolution:
+    """The resolution training reads the raster at: what the head records (``gsd_m``; None for rectangular
+    pixels kept as they are), whether tiles are resampled, and a warning when the user's choice differs from
+    the backbone's pretraining resolution."""
+
+    gsd_m: float | None
+    resampled: bool
+    warning: str = ""
+
+    def to_json(self) -> dict[str, Any]:
+        return {"gsd_m": self.gsd_m, "resampled": self.resampled}
+
+
+@contextmanager
+def training_source(src: rasterio.io.DatasetReader, requested: float | None,
+                    backbone_gsd: float | None) -> Iterator[tuple[Any, TrainingResolution]]:
+    """The raster as ``train`` reads it, the way ``segment`` reads it (:mod:`..raster.resample`): on the grid
+    of ``requested`` metres (0: the raster's own), else of the backbone's pretraining resolution, else the
+    raster itself. Labels are then rasterised on that grid, so tiles, labels and the head's recorded
+    resolution agree."""
+    gsd_m, warning = resolve_gsd(requested, backbone_gsd, "the backbone was pretrained at")
+    grid = working_grid(src, gsd_m)
+    with working_source(src, grid) as source:
+        yield source, TrainingResolution(recorded_gsd(src, grid), grid is not None, warning)
 
 
 def grid_windows(area: Window, tile_px: int, raster_hw: tuple[int, int]) -> list[Window]:

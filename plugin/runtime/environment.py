@@ -13,17 +13,23 @@ import subprocess  # nosec B404
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterable, List, Optional
+from typing import Callable, List, Optional, Tuple
 
+from .lockfile import LockedRequirement, LockError, parse_lock
 from .torch_build import TORCH_VERSION, TORCHVISION_VERSION, TorchBuild
 
 PLUGIN_ROOT = Path(__file__).resolve().parent.parent.parent
 REQUIREMENTS = PLUGIN_ROOT / "requirements" / "backend.txt"
 #: pip never builds a package from source (a source build runs the package's own code at install time).
 WHEELS_ONLY = ("--only-binary", ":all:")
+#: Every file pip downloads must match a sha256 of the lock file.
+HASHED = ("--require-hashes",)
 #: Packages that come with the chosen torch build, not from the pinned list (their pins are CUDA-specific).
-TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-[\w-]+|cuda-[\w-]+)==", re.IGNORECASE)
-MIN_PYTHON = (3, 9)
+TORCH_FAMILY = re.compile(r"^(torch|torchvision|triton|nvidia-[\w-]+|cuda-[\w-]+)$", re.IGNORECASE)
+#: The lock's entries for this environment, written into it before pip reads them.
+LOCK_COPY = "terrafuse-requirements.txt"
+#: The lock (requirements/backend.txt) is resolved for Python 3.11 and newer (numpy 2.4 needs 3.11).
+MIN_PYTHON = (3, 11)
 
 ProgressCallback = Callable[[int, int, str], None]
 
@@ -49,14 +55,15 @@ class BackendEnvironment:
         return self.python.is_file()
 
 
-def split_requirements(lines: Iterable[str]) -> List[str]:
-    """The pinned requirements without comments and without the torch family."""
-    kept = []
-    for line in lines:
-        line = line.split("#", 1)[0].strip()
-        if line and not TORCH_FAMILY.match(line):
-            kept.append(line)
-    return kept
+def split_requirements(text: str, source: str = "requirements/backend.txt"
+                       ) -> Tuple[List[LockedRequirement], List[LockedRequirement]]:
+    """The hashed lock's entries as (the torch family, the rest); an InstallError for an entry without a hash."""
+    try:
+        entries = parse_lock(text, source)
+    except LockError as exc:
+        raise InstallError(str(exc)) from exc
+    family = [entry for entry in entries if TORCH_FAMILY.match(entry.name)]
+    return family, [entry for entry in entries if not TORCH_FAMILY.match(entry.name)]
 
 
 def base_python_candidates() -> List[str]:
@@ -74,7 +81,7 @@ def base_python_candidates() -> List[str]:
 
 
 def find_base_python(candidates: Optional[List[str]] = None) -> str:
-    """The first candidate that is Python 3.9 or newer with venv; an InstallError says what was tried."""
+    """The first candidate that is Python 3.11 or newer with venv; an InstallError says what was tried."""
     candidates = base_python_candidates() if candidates is None else candidates
     check = "import sys, venv; print('%d.%d' % sys.version_info[:2])"
     for candidate in candidates:
@@ -97,22 +104,29 @@ def install_commands(environment: BackendEnvironment, base_python: str, build: O
     """The commands that make the environment, in order (each an argument list, run without a shell).
 
     ``build`` None leaves torch out (an environment that has it already, or a test). Every pip takes wheels
-    only (``--only-binary :all:``): nothing is built from source, so no package's build script runs.
+    only (``--only-binary :all:``): nothing is built from source, so no package's build script runs. The
+    lock's entries are copied into the environment's folder (``LOCK_COPY``) and installed with
+    ``--require-hashes``: every file must match a sha256 of the lock. PyPI's own torch ("default" build) is
+    part of that; a build from PyTorch's index (CUDA 12.x, CPU) is checked by pip against the sha256 that
+    index publishes beside each wheel, which the lock does not pin (docs/architecture.md, "The backend's
+    environment").
     """
     python = str(environment.python)
     commands: List[List[str]] = []
     if not environment.exists:
         commands.append([base_python, "-m", "venv", str(environment.path)])
-    if build is not None:
-        torch = [python, "-m", "pip", "install", *WHEELS_ONLY, f"torch=={TORCH_VERSION}",
-                 f"torchvision=={TORCHVISION_VERSION}"]
-        if build.index_url:
-            # torch and its CUDA libraries from PyTorch's index for that build; nothing else from there.
-            torch += ["--index-url", build.index_url]
-        commands.append(torch)
-    rest = split_requirements(requirements.read_text(encoding="utf-8").splitlines())
+    family, rest = split_requirements(requirements.read_text(encoding="utf-8"), str(requirements))
+    if build is not None and build.index_url:
+        # torch and its CUDA libraries from PyTorch's index for that build; nothing else from there.
+        commands.append([python, "-m", "pip", "install", *WHEELS_ONLY, f"torch=={TORCH_VERSION}",
+                         f"torchvision=={TORCHVISION_VERSION}", "--index-url", build.index_url])
+    elif build is not None:
+        rest = family + rest
     if rest:
-        commands.append([python, "-m", "pip", "install", *WHEELS_ONLY, *rest])
+        environment.path.mkdir(parents=True, exist_ok=True)
+        copy = environment.path / LOCK_COPY
+        copy.write_text("".join(entry.as_line() + "\n" for entry in rest), encoding="utf-8")
+        commands.append([python, "-m", "pip", "install", *WHEELS_ONLY, *HASHED, "-r", str(copy)])
     return commands
 
 

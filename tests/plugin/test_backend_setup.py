@@ -10,12 +10,15 @@ from qgis.PyQt.QtWidgets import QApplication
 from terrafuse_under_test.plugin.settings import PluginSettings
 
 TIMEOUT_MS = 300_000
+# iniconfig 2.3.1's wheel and source archive on PyPI (as in requirements/qgis-test.txt): the set-up installs by hash.
+INICONFIG = ("iniconfig==2.3.1 --hash=sha256:67f4b9c50da0dedf52af349e7749a80a9057a5031199791b906c3bb3ae878960 "
+             "--hash=sha256:9121e2c1fdb355232495be3194c8dfe87ccc2d5dee45947b78e68f499790d7a7\n")
 
 
 def test_setup_makes_an_environment_and_switches_the_worker_to_it(plugin, qtbot, tmp_path) -> None:
     dock = plugin.dock
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("iniconfig==2.3.1\n")
+    requirements.write_text(INICONFIG)
     folder = tmp_path / "backend-env"
     with qtbot.waitSignal(dock.jobDone, timeout=TIMEOUT_MS) as setup:
         dock.setup_backend(confirm=False, folder=str(folder), requirements=requirements, base_python="/usr/bin/python3")
@@ -35,7 +38,7 @@ def test_setup_makes_an_environment_and_switches_the_worker_to_it(plugin, qtbot,
 def test_a_failed_setup_is_reported(plugin, qtbot, tmp_path) -> None:
     dock = plugin.dock
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("terrafuse-no-such-package-anywhere==0.0.1\n")
+    requirements.write_text("terrafuse-no-such-package-anywhere==0.0.1 --hash=sha256:" + "0" * 64 + "\n")
     python_before = plugin.client.python
     with qtbot.waitSignal(dock.jobDone, timeout=TIMEOUT_MS) as setup:
         dock.setup_backend(confirm=False, folder=str(tmp_path / "env"), requirements=requirements,

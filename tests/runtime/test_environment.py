@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from terrafuse_under_test.plugin.runtime.environment import (
+    LOCK_COPY,
     REQUIREMENTS,
     BackendEnvironment,
     InstallError,
@@ -18,12 +19,25 @@ from terrafuse_under_test.plugin.runtime.environment import (
 )
 from terrafuse_under_test.plugin.runtime.torch_build import build_for
 
+# iniconfig 2.3.1's wheel and source archive on PyPI (as in requirements/qgis-test.txt).
+INICONFIG = ("iniconfig==2.3.1 --hash=sha256:67f4b9c50da0dedf52af349e7749a80a9057a5031199791b906c3bb3ae878960 "
+             "--hash=sha256:9121e2c1fdb355232495be3194c8dfe87ccc2d5dee45947b78e68f499790d7a7\n")
+
 
 def test_the_pinned_list_without_the_torch_family() -> None:
-    rest = split_requirements(REQUIREMENTS.read_text().splitlines())
-    assert any(line.startswith("diffusers==") for line in rest)
-    assert not [line for line in rest if line.split("==")[0] in ("torch", "torchvision", "triton")]
-    assert not [line for line in rest if line.startswith("nvidia-")]
+    family, rest = split_requirements(REQUIREMENTS.read_text())
+    assert any(entry.name == "diffusers" for entry in rest)
+    assert {"torch", "torchvision", "triton"} <= {entry.name for entry in family}
+    assert not [entry for entry in rest if entry.name in ("torch", "torchvision", "triton")]
+    assert not [entry for entry in rest if entry.name.startswith(("nvidia-", "cuda-"))]
+    assert all(entry.hashes for entry in family + rest)
+
+
+def test_a_lock_entry_without_a_hash_is_refused_before_pip_runs(tmp_path) -> None:
+    requirements = tmp_path / "requirements.txt"
+    requirements.write_text(INICONFIG + "mock==5.2.0\n")
+    with pytest.raises(InstallError, match=r"mock==5.2.0 has no sha256 hash; run 'make lock'"):
+        install_commands(BackendEnvironment(tmp_path / "env"), "/usr/bin/python3", None, requirements)
 
 
 def test_commands_install_only_into_the_new_environment(tmp_path) -> None:
@@ -36,6 +50,19 @@ def test_commands_install_only_into_the_new_environment(tmp_path) -> None:
     assert "torch==2.14.1" in torch
     assert torch[-2:] == ["--index-url", "https://download.pytorch.org/whl/cu128"]
     assert "--index-url" not in commands[2], "only torch comes from PyTorch's index"
+    # Everything else by hash, from the lock's copy in the new environment, without the CUDA 13 family.
+    assert commands[2][6:] == ["--require-hashes", "-r", str(env.path / LOCK_COPY)]
+    copied = (env.path / LOCK_COPY).read_text()
+    assert "diffusers==" in copied
+    assert "--hash=sha256:" in copied
+    assert "torch==" not in copied
+    assert "nvidia-" not in copied
+    # PyPI's own torch build ("default") comes from the lock, by hash, in the same single step.
+    commands = install_commands(BackendEnvironment(tmp_path / "mac"), "/usr/bin/python3", build_for("default"))
+    assert len(commands) == 2
+    assert "--index-url" not in commands[1]
+    assert commands[1][6:7] == ["--require-hashes"]
+    assert "torch==2.14.1 " in (tmp_path / "mac" / LOCK_COPY).read_text()
     # An environment that exists already is completed, not made again.
     (env.python.parent).mkdir(parents=True)
     env.python.write_text("")
@@ -44,7 +71,7 @@ def test_commands_install_only_into_the_new_environment(tmp_path) -> None:
 
 def test_a_real_environment_is_made_and_qgis_python_is_untouched(tmp_path) -> None:
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("# tiny\niniconfig==2.3.1\n")
+    requirements.write_text("# tiny\n" + INICONFIG)
     env = BackendEnvironment(tmp_path / "env")
     base = find_base_python(["/usr/bin/python3"])
     before = subprocess.run([base, "-m", "pip", "list", "--format=freeze"], capture_output=True, text=True).stdout
@@ -61,7 +88,7 @@ def test_a_real_environment_is_made_and_qgis_python_is_untouched(tmp_path) -> No
 
 def test_a_failed_install_says_why(tmp_path) -> None:
     requirements = tmp_path / "requirements.txt"
-    requirements.write_text("terrafuse-no-such-package-anywhere==0.0.1\n")
+    requirements.write_text("terrafuse-no-such-package-anywhere==0.0.1 --hash=sha256:" + "0" * 64 + "\n")
     env = BackendEnvironment(tmp_path / "env")
     with pytest.raises(InstallError, match=r"failed \(exit code 1\)[\s\S]*terrafuse-no-such-package"):
         run_install(install_commands(env, sys.executable, None, requirements), lambda *a: None)
@@ -74,5 +101,5 @@ def test_cancel_stops_the_install(tmp_path) -> None:
 
 
 def test_no_usable_base_python_is_a_clear_error(tmp_path) -> None:
-    with pytest.raises(InstallError, match="No Python 3.9\\+ with venv"):
+    with pytest.raises(InstallError, match="No Python 3.11\\+ with venv"):
         find_base_python([str(tmp_path / "missing")])

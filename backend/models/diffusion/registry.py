@@ -54,6 +54,10 @@ class BackboneConfig:
     revision: str | None = None  # hub revision (branch, tag or commit)
     timesteps: tuple[int, ...] = (1, 100, 200)  # SatDiFuser Sec. 4.2
     tile_px: int = 512  # the resolution the model was trained at
+    #: The ground sample distance (m) of the imagery it was pretrained on, where that was one resolution:
+    #: train resamples to it by default (and the head records it). None: pretrained on many resolutions
+    #: (DiffusionSat, conditioned on the GSD; the bundled model) or on photographs (Stable Diffusion).
+    gsd_m: float | None = None
     latent_downsampling: int = 8  # image pixels per latent pixel
     prediction_type: str | None = None  # expected scheduler prediction type; None: whatever the scheduler says
     homepage: str = ""

