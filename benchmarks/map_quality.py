@@ -14,6 +14,8 @@ those training labels and is scored once on the test labels' pixels; nothing is 
 Paths:
 - ``rf``: a per-pixel random forest on every band (the product's baseline, as SCP or dzetsaka classify);
 - ``linear``: a per-pixel logistic regression on every band, standardised;
+- ``band-context``: the band branch of the default heads alone (a logistic regression on every band with its
+  local means and spread, :mod:`backend.models.band_context`): what the context adds without a backbone;
 - ``satdifuser``: the ``train`` job's defaults (features from the bundled diffusion backbone, its head, the
   band context when on by default); ``satdifuser-paper``: the same without the band context (the paper's head);
 - ``skysense``: the ``train-skysense`` job's defaults on the bundled SkySense, where the model reads the
@@ -51,7 +53,7 @@ from backend.training.metrics import confusion_matrix, segmentation_metrics  # n
 from backend.training.split import spatial_folds  # noqa: E402
 
 SCENES = ROOT / "benchmarks" / "scenes"
-PATHS = ("rf", "linear", "satdifuser", "satdifuser-paper", "skysense")
+PATHS = ("rf", "linear", "band-context", "satdifuser", "satdifuser-paper", "skysense")
 
 
 @dataclass(frozen=True)
@@ -113,6 +115,22 @@ def scores(confusion: np.ndarray, classes: list[dict[str, Any]]) -> dict[str, fl
 def pixels(values: list[np.ndarray], targets: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
     x = np.concatenate([v[:, t >= 0].T for v, t in zip(values, targets)]).astype(np.float32)
     return x, np.concatenate([t[t >= 0] for t in targets])
+
+
+def band_context_confusion(tiles: Any, train: list[np.ndarray], test: list[np.ndarray], size: int) -> np.ndarray:
+    """The band branch alone, fitted as the heads fit it, on the tiles' band context (their last feature)."""
+    import torch
+
+    from backend.models.band_context import BandContextBranch, prefit_branch
+    from backend.training.loop import class_weights
+
+    contexts = [f[-1] for f in tiles.features]
+    branch = BandContextBranch(contexts[0].shape[1], size)
+    prefit_branch(branch, contexts, train, class_weights(train, size), torch.device("cpu"))
+    with torch.no_grad():
+        predictions = [branch(c).argmax(1)[0].numpy() for c in contexts]
+    return sum((confusion_matrix(t, p, size) for t, p in zip(test, predictions)),
+               np.zeros((size, size), dtype=np.int64))
 
 
 def linear_confusion(values: list[np.ndarray], train: list[np.ndarray], test: list[np.ndarray], size: int,
@@ -185,7 +203,7 @@ def run_scene(scene: Scene, ks: list[int], seeds: int, paths: list[str], cache_d
 
     labels = read_labels(scene.labels)
     few_shot: dict[str, FewShotPath | str] = {}
-    if "satdifuser" in paths or "rf" in paths or "linear" in paths:
+    if {"satdifuser", "rf", "linear", "band-context"} & set(paths):
         few_shot["satdifuser"] = satdifuser_path(scene, True, cache_dir)
     if "satdifuser-paper" in paths:
         few_shot["satdifuser-paper"] = satdifuser_path(scene, False, cache_dir)
@@ -215,6 +233,8 @@ def run_scene(scene: Scene, ks: list[int], seeds: int, paths: list[str], cache_d
                     confusion = random_forest_confusion(tiles.band_values, train_t, test_t, len(classes), seed=seed)
                 elif path == "linear":
                     confusion = linear_confusion(tiles.band_values, train_t, test_t, len(classes), seed)
+                elif path == "band-context":
+                    confusion = band_context_confusion(tiles, train_t, test_t, len(classes))
                 else:
                     runner = few_shot[path]
                     if isinstance(runner, str):
@@ -258,6 +278,19 @@ def table(results: dict[str, Any], paths: list[str]) -> str:
     return "\n".join(lines)
 
 
+def merge_results(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    """Runs of other paths on the same scenes, K and seeds as one result (each run keeps its machine and command)."""
+    merged: dict[str, Any] = {"runs": [{k: r[k] for k in ("machine", "command", "seconds")} for r in runs],
+                              "seeds": runs[0]["seeds"], "scenes": {}, "paths": []}
+    for run in runs:
+        for name, scene in run["scenes"].items():
+            target = merged["scenes"].setdefault(name, {**scene, "k": {}})
+            for k, row in scene["k"].items():
+                target["k"].setdefault(k, {}).update(row)
+        merged["paths"] += [p for p in run.get("paths", PATHS) if p not in merged["paths"]]
+    return merged
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--scenes", default="", help="comma-separated scene folder names (default: all)")
@@ -268,7 +301,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="feature cache folder (default: Terrafuse's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--merge", nargs="+", type=Path, default=None,
+                        help="print one table of earlier --out files (their paths side by side) and stop")
     args = parser.parse_args(argv)
+    if args.merge:
+        merged = merge_results([json.loads(p.read_text(encoding="utf-8")) for p in args.merge])
+        print(table(merged, [p for p in PATHS if p in merged["paths"]]))
+        if args.out:
+            Path(args.out).write_text(json.dumps(merged, indent=2), encoding="utf-8")
+        return 0
     import torch
 
     if args.threads:
@@ -284,7 +325,7 @@ def main(argv: list[str] | None = None) -> int:
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "python": platform.python_version(), "torch": torch.__version__},
         "command": " ".join(["benchmarks/map_quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        "seeds": args.seeds, "scenes": {}}
+        "seeds": args.seeds, "paths": paths, "scenes": {}}
     for scene in load_scenes([s for s in args.scenes.split(",") if s], args.scenes_dir):
         print(f"{scene.name}: {scene.info['title']}", flush=True)
         results["scenes"][scene.name] = run_scene(scene, ks, args.seeds, paths, args.cache_dir,

@@ -96,7 +96,8 @@ def test_head_with_band_context_saves_and_loads(tmp_path: Path) -> None:
 
 def test_paper_head_has_no_branch_and_reads_features_alone() -> None:
     model = SatDiFuser.create(FEATURE_INFO, CLASSES, "global", "pixel", fusion_kwargs={"out_chs": 8})
-    assert model.band_branch is None and model.config.band_context == {}
+    assert model.band_branch is None
+    assert model.config.band_context == {}
     assert model.decode(_features(), (32, 32)).shape == (1, 2, 32, 32)
 
 
