@@ -114,3 +114,43 @@ def test_forward_without_bands_is_refused(tiny_backbone) -> None:
     with torch.inference_mode():
         logits = model(images, bands=torch.rand(1, 4, 64, 64))
     assert logits.shape == (1, 2, 64, 64)
+
+
+def _separable_tiles(count: int = 3) -> tuple[list[list[torch.Tensor]], list[np.ndarray]]:
+    """Tiles whose class is the sign of band 1 (the backbone features are noise)."""
+    generator = torch.Generator().manual_seed(1)
+    features, targets = [], []
+    for _ in range(count):
+        bands = torch.rand(1, 3, 32, 32, generator=generator) * 2 - 1
+        target = (bands[0, 0] > 0).long().numpy()
+        features.append([torch.randn(1, 8, 4, 4, generator=generator), torch.randn(1, 6, 8, 8, generator=generator),
+                         band_context(bands)])
+        targets.append(target)
+    return features, targets
+
+
+def test_no_epoch_is_a_candidate_of_the_early_stopping() -> None:
+    """A head that only spoils the fitted branch is not kept: the inner split picks the state before epoch 1."""
+    from backend.training.loop import TrainingSettings, train_decoder
+
+    features, targets = _separable_tiles()
+    model = _model(3)
+    settings = TrainingSettings(epochs=6, learning_rate=50.0, batch_size=1, patience=2, warmup_epochs=0)
+    history = train_decoder(model, features, targets, settings, torch.device("cpu"), stopping_targets=targets)
+    assert history.best_epoch == -1
+    assert len(history.losses) >= 1
+    with torch.no_grad():
+        torch.testing.assert_close(model.decode(features[0], (32, 32)), model.band_branch(features[0][-1]))
+
+
+def test_a_budget_of_no_epoch_trains_the_branch_only() -> None:
+    from backend.training.loop import TrainingSettings, train_decoder
+
+    features, targets = _separable_tiles()
+    model = _model(3)
+    history = train_decoder(model, features, targets, TrainingSettings(epochs=5), torch.device("cpu"),
+                            epochs_to_run=0)
+    assert history.losses == []
+    with torch.no_grad():
+        predicted = model.decode(features[0], (32, 32)).argmax(1)[0].numpy()
+    assert (predicted == targets[0]).mean() > 0.95
