@@ -135,7 +135,7 @@ PRESENTATION: dict[str, tuple[str, str]] = {
     "learning_rate": ("Learning rate", "advanced"),
     "batch_size": ("Batch size", "advanced"),
     "fusion_chs": ("Fused channels", "advanced"),
-    "band_context": ("Bands beside the features", "advanced"),
+    "band_context": ("Bands beside features", "advanced"),
     "folds": ("Cross-validation folds", "advanced"),
     "hold_out_block_m": ("Hold-out block (m)", "advanced"),
     "inversion": ("Feature reading", "advanced"),

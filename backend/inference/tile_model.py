@@ -69,7 +69,8 @@ class SegmentTileModel:
             batch = batch["images"]
         with torch.inference_mode():
             images = torch.from_numpy(np.ascontiguousarray(batch)).to(self.device)
-            logits = self.model(images, metadata, bands)
+            extra = {} if bands is None else {"bands": bands}
+            logits = self.model(images, **extra) if metadata is None else self.model(images, metadata, **extra)
             probabilities = logits.softmax(1)
             return probabilities.float().cpu().numpy()
 
