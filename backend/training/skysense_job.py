@@ -198,6 +198,6 @@ def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, 
         "cache": {"tiles_total": len(samples), "tiles_computed": computed, "tiles_cached": len(samples) - computed,
                   "folder": str(cache.folder)},
         "tiles": len(samples), "tile_px": stack.tile_px, "labels_outside": outside, "losses": history.losses,
-        "device": str(device), "warnings": list(loaded.warnings),
+        "device": str(device), "warnings": list(loaded.warnings) + stack.band_warnings,
         "seconds": {"features": round(features_s, 2), "total": round(time.monotonic() - started_s, 2)},
     }
