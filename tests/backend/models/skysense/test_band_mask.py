@@ -127,3 +127,24 @@ def test_pretraining_with_band_dropout_shows_the_student_fewer_bands() -> None:
     # The teacher's view keeps every band; without dropout the student's does too.
     view = student_view_bands(batches[0], model, torch.Generator().manual_seed(0), 0.0)
     assert view is batches[0]
+
+
+def test_explicit_bands_take_zero_for_a_missing_band(tmp_path) -> None:
+    import numpy as np
+    import rasterio
+    from rasterio.transform import from_bounds
+
+    from backend.raster.stack import missing_band_warnings, modality_inputs
+
+    path = tmp_path / "S2_20230610_undescribed.tif"
+    with rasterio.open(path, "w", driver="GTiff", width=8, height=8, count=5, dtype="uint16", crs="EPSG:32632",
+                       transform=from_bounds(500000, 4980000, 500080, 4980080, 8, 8)) as dst:
+        dst.write(np.ones((5, 8, 8), dtype=np.uint16))
+    given = "3,2,1,0,0,0,4,0,5,0"  # B2..B4 in reverse order, B8 and B11; the others missing
+    inputs = modality_inputs("s2", [str(path)], S2_BANDS, bands=given, allow_missing=True)
+    assert inputs.bands == (3, 2, 1, 4, 5)
+    assert inputs.missing_bands == ["B5", "B6", "B7", "B8A", "B12"]
+    (line,) = missing_band_warnings([inputs])
+    assert "lacks the bands B5, B6, B7, B8A, B12 of the model's 10" in line
+    with pytest.raises(UserError, match="band 0 does not exist"):
+        modality_inputs("s2", [str(path)], S2_BANDS, bands=given)  # no band mask: 0 is no band
