@@ -480,14 +480,16 @@ _SKYSENSE_INPUTS = (
     Param("s2", "str", "Sentinel-2 series: comma-separated raster paths, one per date", None),
     Param("s2_dates", "str", "Sentinel-2 dates, YYYY-MM-DD, one per raster (default: metadata, then file names)",
           None),
-    Param("s2_bands", "str", "Sentinel-2 bands B2-B8, B8A, B11, B12 as 1-based indices (default: descriptions)",
-          None),
+    Param("s2_bands", "str", "Sentinel-2 bands B2-B8, B8A, B11, B12 as 1-based indices, 0 for a band the raster "
+          "lacks when the model has a band mask (default: descriptions; Landsat 8/9 OLI B2-B7 stand for B2, B3, B4, "
+          "B8A, B11, B12)", None),
     Param("s1", "str", "Sentinel-1 series: comma-separated raster paths, one per date", None),
     Param("s1_dates", "str", "Sentinel-1 dates, YYYY-MM-DD, one per raster (default: metadata, then file names)",
           None),
     Param("s1_bands", "str", "Sentinel-1 bands VV, VH as 1-based indices (default: descriptions)", None),
     Param("aoi", "vector", "Area of interest (polygons, any CRS); the inputs' common extent when omitted", None),
-    Param("grid_gsd_m", "float", "Cell size of the common output grid in metres", 10.0),
+    Param("grid_gsd_m", "float", "Cell size of the common output grid in metres (default: 10 m; with a "
+          "high-resolution image alone, 4 of its pixels)", None),
     Param("tile_px", "int", "Tile size in grid cells (default: the model's)", None),
     Param("batch_size", "int", "Tiles per model call", 4),
     Param("seed", "int", "Random seed (weights of a configuration built fresh, prototype learning)", 0),

@@ -61,7 +61,16 @@ from .raster.area import read_area
 from .raster.band_check import stack_band_warnings
 from .raster.journal import fingerprint, input_facts
 from .raster.resume import ResumeStore
-from .raster.stack import InputStack, ModalityInputs, common_grid, modality_inputs, open_stack, split_list
+from .raster.stack import (
+    InputStack,
+    ModalityInputs,
+    common_grid,
+    default_grid_gsd_m,
+    missing_band_warnings,
+    modality_inputs,
+    open_stack,
+    split_list,
+)
 from .raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml
 
 CLASS_NODATA = 255
@@ -146,7 +155,7 @@ def gather_inputs(params: dict[str, Any], model: SkySense) -> list[ModalityInput
         raise UserError(f"The model {model.config.name} has no encoder for {', '.join(lacking)}; it reads "
                         f"{', '.join(model.config.modalities)}")
     return [modality_inputs(m, given[m], model.config.encoders[m].bands, params.get(f"{m}_dates"),
-                            params.get(f"{m}_bands")) for m in present]
+                            params.get(f"{m}_bands"), model.config.encoders[m].band_mask) for m in present]
 
 
 def default_tile_px(model: SkySense) -> int:
@@ -165,7 +174,7 @@ def prepare_stack(params: dict[str, Any], model: SkySense) -> tuple[InputStack, 
     """Inputs on their common grid with normalisation computed, and the area's polygons in the grid's CRS."""
     modalities = gather_inputs(params, model)
     area = read_area(params["aoi"]) if params.get("aoi") else None
-    grid = common_grid(modalities, area, float(params.get("grid_gsd_m") or 10.0))
+    grid = common_grid(modalities, area, default_grid_gsd_m(params, modalities))
     tile_px = int(params.get("tile_px") or default_tile_px(model))
     stack = open_stack(modalities, grid, tile_px)
     try:
@@ -180,6 +189,7 @@ def prepare_stack(params: dict[str, Any], model: SkySense) -> tuple[InputStack, 
             stack.compute_normalisation(only=stack.set_statistics(statistics, only=missing))
             stack.band_warnings = stack_band_warnings(stack, model.config.normalisation,
                                                       (model.config.training or {}).get("band_statistics") or {})
+        stack.band_warnings += missing_band_warnings(modalities)
     except BaseException:
         stack.__exit__(None, None, None)
         raise

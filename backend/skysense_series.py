@@ -14,7 +14,7 @@ from typing import Any
 
 from .errors import UserError
 from .progress import Progress
-from .raster.stack import MODALITY_NAMES, ModalityInputs, common_grid, raster_inputs, split_list
+from .raster.stack import MODALITY_NAMES, ModalityInputs, common_grid, default_grid_gsd_m, raster_inputs, split_list
 from .skysense_jobs import model_config
 
 
@@ -35,12 +35,16 @@ def run_series(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                 if name not in config.encoders:
                     raise UserError(f"The model {config.name} has no encoder for {MODALITY_NAMES[name]}; it reads "
                                     f"{', '.join(MODALITY_NAMES[m] for m in config.modalities)}")
-                raster = raster_inputs(name, path, config.encoders[name].bands, params.get(f"{name}_bands"))
+                raster = raster_inputs(name, path, config.encoders[name].bands, params.get(f"{name}_bands"),
+                                       config.encoders[name].band_mask)
             except UserError as exc:
                 row["problem"] = str(exc)
             else:
                 row.update(date=raster.date.isoformat() if raster.date else None, date_source=raster.date_source,
                            bands=list(raster.bands))
+                if raster.present:  # the encoder's band mask reads it without the bands it lacks
+                    wanted = config.encoders[name].bands
+                    row["missing_bands"] = [b for b, held in zip(wanted, raster.present) if not held]
                 checked.setdefault(name, []).append(raster)
             rows.append(row)
     problems = []
@@ -55,7 +59,7 @@ def run_series(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
                   for n, rs in checked.items()]
     if modalities:
         try:
-            common_grid(modalities, None, float(params.get("grid_gsd_m") or 10.0))
+            common_grid(modalities, None, default_grid_gsd_m(params, modalities))
         except UserError as exc:
             problems.append(str(exc))
     progress.update(total, total, "done")

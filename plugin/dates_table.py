@@ -1,8 +1,9 @@
 """The SkySense inputs as a table: one row per raster (file, modality, date, where the date came from, check).
 
 The user adds files or the layers selected in the layer tree; the modality is guessed from the band
-descriptions (B02, B8A...: Sentinel-2; VV, VH: Sentinel-1), else from the band count (2: Sentinel-1, 10 or more:
-Sentinel-2, else high resolution) and can be changed; file names are elided in the middle (the whole path in
+descriptions (B02, B8A...: Sentinel-2; VV, VH: Sentinel-1), else from the band count (2: Sentinel-1, 6 (a
+Landsat OLI B2-B7 stack, read as Sentinel-2 by a model with a band mask) or 10 or more: Sentinel-2, else high
+resolution) and can be changed; file names are elided in the middle (the whole path in
 the tooltip) so that the table fits the dock; the dates and the checks
 come from the backend's ``series`` job (the same functions the SkySense jobs use, so that the table and
 the job never disagree), and every date can be edited. A series raster without a valid date is flagged
@@ -64,7 +65,7 @@ def guess_modality(band_count: int, descriptions: Sequence[str] = ()) -> str:
         return "s1"
     if band_count == 2:
         return "s1"
-    if band_count >= 10:
+    if band_count >= 10 or band_count == 6:  # six: Landsat OLI B2-B7, which SkySense reads as Sentinel-2
         return "s2"
     return "hr"
 

@@ -95,6 +95,9 @@ PACKAGES = (
               gsd_m=0.5),
         Scene("preproc_tutorial rgb_unmasked, RGB", (_SOL + "preproc_tutorial/rgb_unmasked.tif",), gsd_m=4.5),
     ), from_index=True),
+    # Sentinel-1 + Sentinel-2 patches for the bundled SkySense (scripts/train_bundled_skysense.py); no RGB scene here.
+    Package("bigearthnet-common", "2.8.0", "Apache-2.0 (package); BigEarthNet data CDLA-Permissive-1.0",
+            "bigearthnet_common-2.8.0-py3-none-any.whl", ()),
 )
 
 

@@ -132,9 +132,11 @@ register_model(ModelEntry(
 register_model(ModelEntry(
     name="terrafuse-tiny-skysense", title="Terrafuse tiny SkySense (bundled, demo-grade)", kind="bundled",
     source="terrafuse-tiny-skysense", homepage="resources/models/terrafuse-tiny-skysense/README.md",
-    licence="Terrafuse's licence; pretrained on CC0 Sentinel-2 imagery (see its model card)", role="skysense",
-    notes=("Ships with the plugin and works offline: Sentinel-2 B2, B3, B4, B8 only, self-supervised on one open "
-           "scene; the default of classify, prototypes and train-skysense. Far below the official SkySense."),
+    licence="Terrafuse's licence; pretrained on CC0, MIT, Apache-2.0 and CDLA-Permissive-1.0 imagery (see its "
+            "model card)", role="skysense",
+    notes=("Ships with the plugin and works offline: high-resolution RGB, Sentinel-2 (ten bands, any missing: "
+           "Landsat too) and Sentinel-1, self-supervised on a few open scenes; the default of classify, prototypes "
+           "and train-skysense. Far below the official SkySense."),
 ))
 register_model(ModelEntry(
     name="diffusionsat-512", title="DiffusionSat 512 px", kind="zip", source="13751498",

@@ -35,6 +35,7 @@ from rasterio.windows import Window
 from ..errors import UserError
 from ..models.skysense.band_mapping import default_band_mapping
 from ..models.skysense.dates import acquisition_date, day_of_year
+from ..models.skysense.sensors import is_landsat, landsat_descriptions
 from .area import AreaOfInterest, pixel_size_m, utm_crs
 from .inspect import open_raster
 
@@ -55,6 +56,20 @@ class ModalityInputs:
     dates: tuple[datetime.date | None, ...]
     bands: tuple[int, ...]
     date_sources: tuple[str, ...] = ()  # "given", "metadata", "filename" or "" per raster
+    #: With an encoder's band mask: the encoder's bands and which of them the rasters hold (``bands`` are the
+    #: held ones, in the encoder's order); empty when every band is held.
+    wanted: tuple[str, ...] = ()
+    present: tuple[bool, ...] = ()
+
+    @property
+    def missing_bands(self) -> list[str]:
+        """The encoder's bands these rasters lack (zero-filled and masked), in the encoder's order."""
+        return [band for band, held in zip(self.wanted, self.present) if not held]
+
+    @property
+    def band_names(self) -> list[str]:
+        """The encoder's names of the bands read (``bands``), when known."""
+        return [band for band, held in zip(self.wanted, self.present) if held]
 
     @property
     def temporal(self) -> bool:
@@ -66,8 +81,11 @@ class ModalityInputs:
         return [day_of_year(d) if d is not None else 1 for d in self.dates]
 
     def describe(self) -> dict[str, Any]:
-        return {"paths": list(self.paths), "dates": [d.isoformat() if d else None for d in self.dates],
-                "date_sources": list(self.date_sources), "bands": list(self.bands)}
+        described = {"paths": list(self.paths), "dates": [d.isoformat() if d else None for d in self.dates],
+                     "date_sources": list(self.date_sources), "bands": list(self.bands)}
+        if self.missing_bands:
+            described.update(band_names=self.band_names, missing_bands=self.missing_bands)
+        return described
 
 
 def split_list(text: str | None) -> list[str]:
@@ -87,7 +105,9 @@ def _parse_dates(text: str | None, count: int, label: str) -> list[datetime.date
         raise UserError(f"{label}: a date is not YYYY-MM-DD ({exc})") from None
 
 
-def _parse_bands(text: str | None, count: int, wanted: Sequence[str], label: str, path: str) -> list[int] | None:
+def _parse_bands(text: str | None, count: int, wanted: Sequence[str], label: str, path: str,
+                 allow_missing: bool = False) -> list[int | None] | None:
+    """1-based bands, one per wanted band; with ``allow_missing`` a 0 marks a band the raster lacks (None)."""
     given = split_list(text)
     if not given:
         return None
@@ -96,11 +116,15 @@ def _parse_bands(text: str | None, count: int, wanted: Sequence[str], label: str
     except ValueError:
         raise UserError(f"{label}: bands must be 1-based band numbers, got {text!r}") from None
     if len(bands) != len(wanted):
-        raise UserError(f"{label}: {len(bands)} bands given; the model reads {len(wanted)} ({', '.join(wanted)})")
-    bad = [b for b in bands if not 1 <= b <= count]
+        zero = "; 0 for a band the raster lacks" if allow_missing else ""
+        raise UserError(f"{label}: {len(bands)} bands given; the model reads {len(wanted)} ({', '.join(wanted)})"
+                        f"{zero}")
+    bad = [b for b in bands if not 1 <= b <= count and not (allow_missing and b == 0)]
     if bad:
         raise UserError(f"{label}: '{path}' has {count} bands, so band {bad[0]} does not exist")
-    return bands
+    if all(b == 0 for b in bands):
+        raise UserError(f"{label}: every band is 0 (missing); give at least one band")
+    return [b or None for b in bands]
 
 
 @dataclass(frozen=True)
@@ -112,16 +136,29 @@ class RasterInputs:
     bands: tuple[int, ...]
     date: datetime.date | None
     date_source: str
+    present: tuple[bool, ...] = ()  # per wanted band, with a band mask; empty: all held
+    sensor: str = ""  # "landsat" when the bands were read as Landsat OLI's (backend.models.skysense.sensors)
 
 
-def raster_inputs(name: str, path: str, wanted_bands: Sequence[str], bands: str | None = None) -> RasterInputs:
-    """One raster of a modality: refused without CRS or without the bands the encoder reads; its date from
-    the metadata tags, else the file name (None when neither holds one)."""
+def raster_inputs(name: str, path: str, wanted_bands: Sequence[str], bands: str | None = None,
+                  allow_missing: bool = False) -> RasterInputs:
+    """One raster of a modality: refused without CRS or without the bands the encoder reads (unless
+    ``allow_missing``, an encoder with a band mask: then only a raster without any of them); its date from
+    the metadata tags, else the file name (None when neither holds one). A Landsat 8/9 raster's bands are
+    read as the Sentinel-2 bands they stand for (:mod:`backend.models.skysense.sensors`)."""
     label = MODALITY_NAMES[name]
+    sensor = ""
     with open_raster(path) as src:
         if src.crs is None:
             raise UserError(f"The {label} raster '{path}' has no CRS; assign one so it can be placed on the grid")
-        own = _parse_bands(bands, src.count, wanted_bands, label, path)
+        own = _parse_bands(bands, src.count, wanted_bands, label, path, allow_missing)
+        if own is None and name == "s2" and is_landsat(path, src.tags(), src.descriptions):
+            sensor = "landsat"
+            try:
+                own = default_band_mapping(landsat_descriptions(src.descriptions, src.count), wanted_bands,
+                                           "Landsat", allow_missing)
+            except UserError as exc:
+                raise UserError(f"'{path}': {exc}") from None
         if own is None:
             # For the optical image the colour interpretation names red, green and blue most surely
             # (a description such as "B04 red" names a Sentinel-2 band, not the colour).
@@ -131,21 +168,23 @@ def raster_inputs(name: str, path: str, wanted_bands: Sequence[str], bands: str 
             else:
                 descriptions = [d or c for d, c in zip(src.descriptions, colours)]
             try:
-                own = default_band_mapping(descriptions, wanted_bands, label)
+                own = default_band_mapping(descriptions, wanted_bands, label, allow_missing)
             except UserError as exc:
                 raise UserError(f"'{path}': {exc}") from None
         date, source = acquisition_date(path, src.tags())
-    return RasterInputs(path, tuple(own), date, source)
+    present = tuple(b is not None for b in own) if None in own else ()
+    return RasterInputs(path, tuple(int(b) for b in own if b is not None), date, source, present, sensor)
 
 
 def modality_inputs(name: str, paths: Sequence[str], wanted_bands: Sequence[str], dates: str | None = None,
-                    bands: str | None = None) -> ModalityInputs:
+                    bands: str | None = None, allow_missing: bool = False) -> ModalityInputs:
     """Check one modality's rasters and find their dates and bands.
 
     Dates: ``dates`` (comma-separated YYYY-MM-DD, one per raster), else each raster's metadata tags, else its
     file name; a series raster without any is refused, naming it. Bands: ``bands`` (1-based), else the band
     descriptions (or colour interpretations) matched to ``wanted_bands``; every raster of a series must
-    have the same bands. A raster without CRS is refused.
+    have the same bands. A raster without CRS is refused. ``allow_missing``: the encoder has a band mask, so
+    rasters that lack some of ``wanted_bands`` are read with the rest (:attr:`ModalityInputs.missing_bands`).
     """
     label = MODALITY_NAMES[name]
     if name == "hr" and len(paths) > 1:
@@ -154,12 +193,13 @@ def modality_inputs(name: str, paths: Sequence[str], wanted_bands: Sequence[str]
     found_dates: list[datetime.date | None] = []
     sources: list[str] = []
     mapping: list[int] | None = None
+    present: tuple[bool, ...] = ()
     for index, path in enumerate(paths):
-        raster = raster_inputs(name, path, wanted_bands, bands)
-        if mapping is not None and list(raster.bands) != mapping:
+        raster = raster_inputs(name, path, wanted_bands, bands, allow_missing)
+        if mapping is not None and (list(raster.bands) != mapping or raster.present != present):
             raise UserError(f"The {label} rasters hold their bands in different orders ('{path}' differs from "
                             f"'{paths[0]}'); give the bands explicitly or make them alike")
-        mapping = list(raster.bands)
+        mapping, present = list(raster.bands), raster.present
         if explicit is not None:
             found_dates.append(explicit[index])
             sources.append("given")
@@ -169,7 +209,20 @@ def modality_inputs(name: str, paths: Sequence[str], wanted_bands: Sequence[str]
                                 "file name; enter the dates (YYYY-MM-DD, one per raster)")
             found_dates.append(raster.date)
             sources.append(raster.date_source)
-    return ModalityInputs(name, tuple(paths), tuple(found_dates), tuple(mapping or ()), tuple(sources))
+    return ModalityInputs(name, tuple(paths), tuple(found_dates), tuple(mapping or ()), tuple(sources),
+                          tuple(wanted_bands) if present else (), present)
+
+
+def missing_band_warnings(modalities: Sequence[ModalityInputs]) -> list[str]:
+    """One line per modality whose rasters lack some of the encoder's bands (read zero-filled and masked)."""
+    warnings = []
+    for m in modalities:
+        missing = m.missing_bands
+        if missing:
+            warnings.append(f"The {MODALITY_NAMES[m.name]} input lacks the bands {', '.join(missing)} of the model's "
+                            f"{len(m.wanted)}: it reads {', '.join(m.band_names)} and treats the rest as missing "
+                            "(band mask); expect a less accurate map than with every band")
+    return warnings
 
 
 @dataclass(frozen=True)
@@ -238,12 +291,37 @@ def common_grid(modalities: Sequence[ModalityInputs], area: AreaOfInterest | Non
     return GridSpec(crs, rasterio.Affine(step, 0.0, x0, 0.0, -step, y1), width, height, float(gsd_m))
 
 
-def hr_factor(hr: ModalityInputs, grid: GridSpec) -> int:
-    """How much finer than the grid the high-resolution image is read: its own resolution, 1..MAX_HR_FACTOR."""
-    with open_raster(hr.paths[0]) as src:
+#: The grid's cell size when none is given.
+DEFAULT_GRID_GSD_M = 10.0
+#: With a high-resolution image alone, one grid cell holds this many of its pixels on a side (the patch size
+#: of the bundled high-resolution encoder): its detail is read, not averaged onto 10 m cells.
+HR_ALONE_PIXELS_PER_CELL = 4
+
+
+def native_pixel_m(path: str) -> float | None:
+    """The smaller side of a raster's pixel in metres at its centre (None when it cannot be told)."""
+    with open_raster(path) as src:
         centre_y = (src.bounds.bottom + src.bounds.top) / 2
         size = pixel_size_m(src.crs, src.transform, centre_y)
-    native_m = min(size) if size else grid.gsd_m
+    return float(min(size)) if size else None
+
+
+def default_grid_gsd_m(params: dict[str, Any], modalities: Sequence[ModalityInputs]) -> float:
+    """``grid_gsd_m`` when given; else :data:`HR_ALONE_PIXELS_PER_CELL` pixels of a high-resolution image given
+    alone (a 0.1 m aerial image gets a 0.4 m grid), else :data:`DEFAULT_GRID_GSD_M`."""
+    given = params.get("grid_gsd_m")
+    if given:
+        return float(given)
+    if [m.name for m in modalities] == ["hr"]:
+        native = native_pixel_m(modalities[0].paths[0])
+        if native:
+            return HR_ALONE_PIXELS_PER_CELL * native
+    return DEFAULT_GRID_GSD_M
+
+
+def hr_factor(hr: ModalityInputs, grid: GridSpec) -> int:
+    """How much finer than the grid the high-resolution image is read: its own resolution, 1..MAX_HR_FACTOR."""
+    native_m = native_pixel_m(hr.paths[0]) or grid.gsd_m
     return int(min(MAX_HR_FACTOR, max(1, round(grid.gsd_m / native_m))))
 
 
@@ -255,6 +333,9 @@ class Normalisation:
     low: np.ndarray
     high: np.ndarray
     statistics: dict[str, Any] | None = None
+    #: The encoder's names of the bands it covers, when the rasters lack some (a band mask): a head's stored
+    #: normalisation is only applied again to rasters holding the same bands.
+    band_names: list[str] | None = None
 
     @classmethod
     def from_statistics(cls, statistics: dict[str, Any]) -> Normalisation:
@@ -274,6 +355,8 @@ class Normalisation:
         data: dict[str, Any] = {"p2": [float(v) for v in self.low], "p98": [float(v) for v in self.high]}
         if self.statistics is not None:
             data["statistics"] = self.statistics
+        if self.band_names is not None:
+            data["band_names"] = list(self.band_names)
         return data
 
 
@@ -337,7 +420,8 @@ class InputStack:
             if values.shape[1] == 0:
                 raise UserError(f"The {MODALITY_NAMES[stack.inputs.name]} rasters hold no valid pixel in the area")
             low, high = np.percentile(values, PERCENTILES, axis=1)
-            stack.normalisation = Normalisation(low.astype(np.float32), high.astype(np.float32))
+            stack.normalisation = Normalisation(low.astype(np.float32), high.astype(np.float32),
+                                                band_names=stack.inputs.band_names or None)
 
     def set_normalisation(self, stored: dict[str, dict[str, list[float]]]) -> list[str]:
         """Use the normalisation a trained head recorded (see :attr:`Normalisation.to_json`) for the
@@ -346,11 +430,13 @@ class InputStack:
         missing = []
         for name, stack in self.modalities.items():
             values = stored.get(name)
-            if values is None or len(values["p2"]) != len(stack.inputs.bands):
+            if (values is None or len(values["p2"]) != len(stack.inputs.bands)
+                    or (values.get("band_names") or None) != (stack.inputs.band_names or None)):
                 missing.append(name)
                 continue
             stack.normalisation = Normalisation(np.asarray(values["p2"], dtype=np.float32),
-                                                np.asarray(values["p98"], dtype=np.float32), values.get("statistics"))
+                                                np.asarray(values["p98"], dtype=np.float32), values.get("statistics"),
+                                                values.get("band_names"))
         return missing
 
     def set_statistics(self, statistics: dict[str, dict[str, Any]], only: Sequence[str] | None = None) -> list[str]:
@@ -387,6 +473,11 @@ class InputStack:
             if stack.normalisation is not None:
                 values = np.stack([stack.normalisation.apply(v) for v in values])
                 values = np.where(valid[:, :, None], values, 0.0).astype(np.float32)
+            if stack.inputs.present:  # bands the rasters lack: zero after normalisation, and the presence mask
+                full = np.zeros((*values.shape[:2], len(stack.inputs.present), *values.shape[3:]), np.float32)
+                full[:, :, list(np.flatnonzero(stack.inputs.present))] = values
+                values = full
+                inputs[f"{name}_bands"] = torch.tensor([stack.inputs.present] * len(windows), dtype=torch.bool)
             f = stack.factor
             coarse = valid.reshape(*valid.shape[:2], self.tile_px, f, self.tile_px, f).any(axis=(3, 5))
             cell_valid |= coarse.any(axis=1)

@@ -179,6 +179,7 @@ class SkySenseTrainingSetup:
     cache_folder: str
     outside: Any
     features_s: float
+    band_warnings: list[str]
 
 
 def prepare_train_skysense(params: dict[str, Any], progress: Progress) -> SkySenseTrainingSetup:
@@ -213,6 +214,7 @@ def prepare_train_skysense(params: dict[str, Any], progress: Progress) -> SkySen
         cache = FeatureCache(params.get("cache_dir"), max_bytes=int(params["cache_max_mb"]) * 1024**2)
         windows = label_windows(area, stack.tile_px)
         total = len(windows) + (folds.count + 1) * settings.epochs + 3
+        band_warnings = stack.band_warnings
         context_modalities = [m.name for m in modalities] if params.get("band_context", True) else None
         context_channels: dict[str, int] = {}
         samples, computed = label_samples(stack, model, local, area, cache, identity, feature_config, progress,
@@ -232,7 +234,8 @@ def prepare_train_skysense(params: dict[str, Any], progress: Progress) -> SkySen
 
     return SkySenseTrainingSetup(tiles, folds, class_dicts, new_head, settings, device, loaded, modalities,
                                  normalisation, grid.gsd_m, stack.tile_px, train_px, len(windows), computed,
-                                 len(samples), str(cache.folder), outside, time.monotonic() - started_s)
+                                 len(samples), str(cache.folder), outside, time.monotonic() - started_s,
+                                 list(band_warnings))
 
 
 def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
@@ -266,6 +269,6 @@ def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, 
         "cache": {"tiles_total": setup.samples, "tiles_computed": setup.computed,
                   "tiles_cached": setup.samples - setup.computed, "folder": setup.cache_folder},
         "tiles": setup.samples, "tile_px": setup.tile_px, "labels_outside": setup.outside,
-        "losses": history.losses, "device": str(setup.device), "warnings": list(loaded.warnings),
+        "losses": history.losses, "device": str(setup.device), "warnings": list(loaded.warnings) + setup.band_warnings,
         "seconds": {"features": round(setup.features_s, 2), "total": round(time.monotonic() - started_s, 2)},
     }

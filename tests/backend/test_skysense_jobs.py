@@ -102,11 +102,14 @@ def test_classify_any_modality_subset_writes_a_paletted_class_raster_on_the_grid
     result = run_classify(_params("classify", scene, tmp_path / "out", modalities), Progress())
     classes = result["outputs"]["classes"]
     crs, transform, width, height = _grid_of(classes)
-    # The grid is in the CRS of the first input (hr in EPSG:3857, else Sentinel-2 in UTM) at 10 m cells.
+    # The grid is in the CRS of the first input (hr in EPSG:3857, else Sentinel-2 in UTM) at 10 m cells; a
+    # high-resolution image alone gets cells of 4 x 4 of its pixels (about 3.5 CRS metres: about 14 m).
     expected = CRS.from_epsg(3857) if modalities[0] == "hr" else UTM
+    with rasterio.open(scene["hr"]) as hr:
+        gsd = 4 * min(hr.res) if modalities == ("hr",) else 10.0
     assert crs == expected
-    assert transform[0] == pytest.approx(10.0)
-    assert transform[4] == pytest.approx(-10.0)
+    assert transform[0] == pytest.approx(gsd)
+    assert transform[4] == pytest.approx(-gsd)
     if expected == UTM:
         assert (width, height) == (40, 40)
         assert (transform[2], transform[5]) == (BOX[0], BOX[3])
@@ -125,8 +128,8 @@ def test_classify_any_modality_subset_writes_a_paletted_class_raster_on_the_grid
     provenance = result["provenance"]
     assert len(provenance["checkpoint_sha256"]) == 64
     assert sorted(provenance["inputs"]) == sorted(modalities)
-    if "hr" in modalities:
-        assert provenance["grid"]["hr_factor"] == 3
+    if "hr" in modalities:  # 3.5 m pixels read 3x finer than the 10 m grid; alone, 4 of them make a cell
+        assert provenance["grid"]["hr_factor"] == (4 if modalities == ("hr",) else 3)
     if "s2" in modalities:
         assert provenance["inputs"]["s2"]["dates"] == ["2023-04-15", "2023-06-10", "2023-08-05"]
         assert provenance["inputs"]["s2"]["date_sources"] == ["filename"] * 3
@@ -436,9 +439,15 @@ def test_series_reads_dates_and_flags_what_would_stop_a_job(scene: dict[str, Any
     alone = run_series(spec.bind({"model": "skysense-tiny", "s1": ",".join(scene["s1"])}), Progress())
     assert alone["problems"] == []
     assert [r["date"] for r in alone["rows"]] == ["2023-04-18", "2023-06-12"]
-    # The bands asked for are the chosen model's: the bundled model reads B2, B3, B4, B8 of Sentinel-2 only.
+    # The bands asked for are the chosen model's: the bundled model reads Sentinel-2's ten bands with a band mask
+    # (four undescribed bands: the 10 m ones, the rest missing), and Sentinel-1.
     bundled = run_series(spec.bind({"s2": four, "s1": elsewhere}), Progress())
     rows = {Path(r["path"]).name: r for r in bundled["rows"]}
     assert rows["S2_20230701.tif"]["problem"] is None
     assert rows["S2_20230701.tif"]["bands"] == [1, 2, 3, 4]
-    assert "no encoder for Sentinel-1" in rows["S1_20230418.tif"]["problem"]
+    assert rows["S2_20230701.tif"]["missing_bands"] == ["B5", "B6", "B7", "B8A", "B11", "B12"]
+    assert rows["S1_20230418.tif"]["problem"] is None
+    assert any("do not overlap" in p for p in bundled["problems"])
+    # A model without a band mask or without a Sentinel-1 encoder still says so.
+    plain = run_series(spec.bind({"model": "skysense-tiny", "s2": four}), Progress())
+    assert "lacks the bands" in plain["rows"][0]["problem"]

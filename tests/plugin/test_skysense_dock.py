@@ -116,7 +116,7 @@ def test_one_modality_only_runs(plugin, iface, sample_layer, qtbot, tmp_path) ->
     dock = plugin.dock
     show_layer(iface, sample_layer)
     dock.set_task("prototypes")
-    dock.options_form.set_value("model", "skysense-tiny")  # the bundled model reads no Sentinel-1
+    dock.options_form.set_value("model", "skysense-tiny")  # random weights: the pipeline, quickly
     dock.set_area_mode("whole")
     series = [write_raster(tmp_path / f"S1_2023060{d}.tif", 2, descriptions=("VV", "VH")) for d in (1, 7)]
     table = read_series(dock, qtbot, series)

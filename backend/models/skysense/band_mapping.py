@@ -2,7 +2,9 @@
 
 Sentinel-2 reads B2-B8, B8A, B11, B12 and Sentinel-1 VV, VH by default (Sec. 3.1). Descriptions come in
 many spellings (``B02``, ``B2``, ``b8a``, ``B8A - NIR narrow``, ``Band 11``, ``vv``, ``Sigma0_VV_db``);
-:func:`map_bands` matches them and says which inputs it could not find, so that the dock can ask.
+:func:`map_bands` matches them and says which inputs it could not find, so that the dock can ask. An
+encoder with a band mask takes a raster that lacks some bands (:func:`default_band_mapping` with
+``allow_missing``); Landsat's bands are translated to Sentinel-2's first (:mod:`.sensors`).
 """
 
 from __future__ import annotations
@@ -42,13 +44,27 @@ def map_bands(descriptions: Sequence[str | None], wanted: Sequence[str]) -> tupl
     return indices, missing
 
 
-def default_band_mapping(descriptions: Sequence[str | None], wanted: Sequence[str], modality: str) -> list[int]:
+#: A Sentinel-2 raster of four bands without descriptions is the usual stack of the four 10 m bands.
+TEN_METRE_S2 = ("B2", "B3", "B4", "B8")
+
+
+def default_band_mapping(descriptions: Sequence[str | None], wanted: Sequence[str], modality: str,
+                         allow_missing: bool = False) -> list[int | None]:
     """The mapping, or the raster's bands in order when no description names a band and the count fits;
-    a clear error otherwise (the dock then lets the user choose)."""
+    a clear error otherwise (the dock then lets the user choose).
+
+    ``allow_missing`` (an encoder with a band mask): bands the raster lacks are None in the mapping instead of
+    an error, as long as one band is found; a raster of four bands without descriptions is then read as the
+    four 10 m bands of Sentinel-2 (:data:`TEN_METRE_S2`)."""
     indices, missing = map_bands(descriptions, wanted)
     if not missing:
         return [int(i) for i in indices if i is not None]
-    if all(canonical_band(d or "") is None for d in descriptions) and len(descriptions) == len(wanted):
+    undescribed = all(canonical_band(d or "") is None for d in descriptions)
+    if undescribed and len(descriptions) == len(wanted):
         return list(range(1, len(wanted) + 1))
+    if allow_missing and undescribed and len(descriptions) == len(TEN_METRE_S2) and set(TEN_METRE_S2) <= set(wanted):
+        return map_bands(list(TEN_METRE_S2), wanted)[0]
+    if allow_missing and len(missing) < len(wanted):
+        return indices
     raise UserError(f"The {modality} raster lacks the bands {', '.join(missing)} (its bands: "
                     f"{', '.join(d or '?' for d in descriptions)}); choose them in the band table")

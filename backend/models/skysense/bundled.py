@@ -18,33 +18,46 @@ model's float32 parameters.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from .config import EncoderConfig, SkySenseConfig
+from .config import HR_BANDS, S1_BANDS, S2_BANDS, EncoderConfig, SkySenseConfig
 from .model import SkySense
 
 BUNDLED_SKYSENSE_NAME = "terrafuse-tiny-skysense"
 #: resources/ sits next to backend/ whatever the plugin folder is called.
 BUNDLED_SKYSENSE_FOLDER = Path(__file__).resolve().parents[3] / "resources" / "models" / BUNDLED_SKYSENSE_NAME
-#: The Sentinel-2 bands the bundled encoder reads: the four 10 m bands, which most products carry.
-BUNDLED_S2_BANDS = ("B2", "B3", "B4", "B8")
+#: The Sentinel-2 bands the bundled encoder reads: the paper's ten (10 m and 20 m), any of them missing (band mask).
+BUNDLED_S2_BANDS = S2_BANDS
 #: Tile size in grid cells (10 m): the encoder's training size.
 BUNDLED_TILE_PX = 32
+#: The high-resolution encoder's patch: 4 x 4 image pixels per token (one grid cell of an image given alone).
+BUNDLED_HR_PATCH = 4
+
+
+def _vit(bands: tuple[str, ...], patch: int, depth: int, width: int, heads: int, **extra: Any) -> EncoderConfig:
+    """A timm ViT-Tiny resized, without class token or final norm, any input size (as the official ViTs)."""
+    kwargs = {"global_pool": "avg", "final_norm": False, "dynamic_img_size": True, "drop_path_rate": 0.0,
+              "patch_size": patch, "img_size": BUNDLED_TILE_PX * (patch // 2), "depth": depth, "embed_dim": width,
+              "num_heads": heads}
+    kwargs["class_token"] = False  # as the official ViTs: no class token in the sequence
+    return EncoderConfig(timm_name="vit_tiny_patch16_224", bands=list(bands), timm_kwargs=kwargs, **extra)
 
 
 def bundled_skysense_config() -> SkySenseConfig:
     """The architecture of the bundled model (random weights until loaded)."""
-    vit_kwargs = {"global_pool": "avg", "final_norm": False, "dynamic_img_size": True, "drop_path_rate": 0.0,
-                  "patch_size": 2, "img_size": BUNDLED_TILE_PX, "depth": 4, "embed_dim": 96, "num_heads": 3}
-    vit_kwargs["class_token"] = False  # as the official ViTs: no class token in the sequence
     return SkySenseConfig(
         name=BUNDLED_SKYSENSE_NAME,
-        encoders={"s2": EncoderConfig(timm_name="vit_tiny_patch16_224", bands=list(BUNDLED_S2_BANDS),
-                                      timm_kwargs=vit_kwargs)},
+        encoders={
+            "hr": _vit(HR_BANDS, BUNDLED_HR_PATCH, 4, 96, 3, temporal=False),
+            "s2": _vit(BUNDLED_S2_BANDS, 2, 4, 96, 3, band_mask=True),
+            "s1": _vit(S1_BANDS, 2, 2, 64, 2),
+        },
         dim=64, fusion_depth=2, fusion_heads=4, region_grid=(8, 8), prototypes_per_region=16,
-        description=("Bundled demo-grade SkySense: Sentinel-2 B2, B3, B4, B8 only, self-supervised on one open "
-                     "scene (see the model card)"),
+        description=("Bundled demo-grade SkySense: high-resolution RGB, Sentinel-2 (the ten bands of the paper, any "
+                     "missing, e.g. Landsat's six) and Sentinel-1 VV/VH, self-supervised on open scenes (see the "
+                     "model card)"),
     )
 
 

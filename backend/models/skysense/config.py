@@ -63,6 +63,11 @@ class EncoderConfig:
     dated modality. ``normalisation``: the input statistics the weights were trained with
     (``{"scale", "mean", "std", "source"}``: x' = (x / scale - mean) / std per band); empty for Terrafuse's own
     models, which normalise each band by its 2nd and 98th percentile over the area.
+    ``band_mask``: the encoder takes rasters that lack some of ``bands`` (Landsat for a Sentinel-2 encoder,
+    :mod:`.sensors`): its backbone reads ``2 * len(bands)`` channels, the bands (zero where missing, after
+    normalisation) followed by one presence channel per band (1 present, 0 missing). The patch embedding is
+    linear, so the presence channels add a learned embedding per missing band to every token: a "missing
+    band" token bias, trained by band dropout (:mod:`.pretraining`).
     """
 
     timm_name: str
@@ -74,10 +79,17 @@ class EncoderConfig:
     temporal: bool = True  # a time series (B, T, C, H, W); False: one image (B, C, H, W)
     date_encoding: bool = True
     normalisation: dict[str, Any] = field(default_factory=dict)
+    band_mask: bool = False
 
     @property
     def in_chans(self) -> int:
+        """The bands the input holds (missing ones zero-filled)."""
         return len(self.bands)
+
+    @property
+    def backbone_chans(self) -> int:
+        """The channels the timm backbone reads: the bands, then their presence mask with ``band_mask``."""
+        return 2 * len(self.bands) if self.band_mask else len(self.bands)
 
 
 @dataclass

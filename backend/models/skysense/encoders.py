@@ -28,7 +28,8 @@ class SpatialEncoder(nn.Module):
     def __init__(self, config: EncoderConfig) -> None:
         super().__init__()
         kwargs = {"num_classes": 0, **config.timm_kwargs}
-        self.backbone = timm.create_model(config.timm_name, pretrained=False, in_chans=config.in_chans, **kwargs)
+        self.backbone = timm.create_model(config.timm_name, pretrained=False, in_chans=config.backbone_chans,
+                                          **kwargs)
         self.out_chs = int(self.backbone.feature_info[-1]["num_chs"])
         self.reduction = int(self.backbone.feature_info[-1]["reduction"])
         self.in_chans = config.in_chans

