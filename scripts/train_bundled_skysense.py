@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.info import cpu_name  # noqa: E402
+from backend.jobs.info import cpu_name  # noqa: E402
 from backend.models.skysense.bundled import (  # noqa: E402
     BUNDLED_S2_BANDS,
     BUNDLED_SKYSENSE_FOLDER,
@@ -131,7 +131,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from backend.hub.manager import write_checksums
+    from backend.jobs.model_manager import write_checksums
     from backend.models.skysense import SkySense, count_parameters
     from backend.models.skysense.pretraining import PretrainingSettings, learn_prototypes, pretrain
 

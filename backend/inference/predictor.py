@@ -181,7 +181,7 @@ def make_predictor(spec: TileModelSpec, params: dict[str, Any], device: Any = No
         with kept_signal_handlers():  # ray.init makes SIGTERM exit at once; ours stops the job cleanly
             return RayPredictor(spec, address, **cluster_options(params), progress=progress)
     if device is None:
-        from ..training.job import default_device
+        from ..jobs.train import default_device
 
         device = default_device()
     return LocalPredictor(load_tile_model(spec, device), prefetch=int(params.get("prefetch") or 2))

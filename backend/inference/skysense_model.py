@@ -68,7 +68,7 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 def load_skysense(spec: TileModelSpec, device: torch.device) -> SkySenseTileModel:
     """The loader registered for ``"classify"`` and ``"prototypes"``: the model as the jobs load it
     (:func:`backend.skysense_jobs.load_model`), on ``device``."""
-    from ..skysense_jobs import load_model
+    from ..jobs.skysense import load_model
 
     reference = spec.params.get("model") or spec.params.get("config")
     if not reference:

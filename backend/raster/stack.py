@@ -33,9 +33,9 @@ from rasterio.warp import transform, transform_bounds
 from rasterio.windows import Window
 
 from ..errors import UserError
-from ..models.skysense.band_mapping import default_band_mapping
-from ..models.skysense.dates import acquisition_date, day_of_year
 from .area import AreaOfInterest, pixel_size_m, utm_crs
+from .band_mapping import default_band_mapping
+from .dates import acquisition_date, day_of_year
 from .inspect import open_raster
 
 #: The largest refinement of the grid for the high-resolution image (e.g. 10 m grid -> 1.25 m image).

@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from backend.hub.manager import read_checksums, tree_sha256
+from backend.jobs.model_manager import read_checksums, tree_sha256
 from backend.models.skysense import SkySense
 from backend.models.skysense.bundled import (
     BUNDLED_SKYSENSE_FOLDER,

@@ -23,11 +23,11 @@ from ..raster.band_check import band_statistics
 from ..raster.bands import parse_bands
 from ..raster.inspect import open_raster
 from ..raster.labels import labels_on_raster, read_labels
-from .feature_cache import FeatureCache, raster_identity, tile_key
-from .fewshot import LabelTiles, cross_validate, epoch_progress
-from .loop import TrainingSettings
-from .samples import check_labels, check_training_pixels, label_tiles, raster_normalisation
-from .split import check_block_m, spatial_folds
+from ..training.feature_cache import FeatureCache, raster_identity, tile_key
+from ..training.fewshot import LabelTiles, cross_validate, epoch_progress
+from ..training.loop import TrainingSettings
+from ..training.samples import check_labels, check_training_pixels, label_tiles, raster_normalisation
+from ..training.split import check_block_m, spatial_folds
 
 #: The smallest tile the UNet takes: 8 latent pixels times 3 downsamplings (64 px for Stable Diffusion).
 MIN_TILE_PX = 64
@@ -187,11 +187,11 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     }
     train_done_s = time.monotonic() - started_s
     if params["preview"]:
-        from .preview import run_preview
+        from .train_preview import run_preview
 
         result.update(run_preview(params, folder, area, raster_hw, raster_crs, raster_transform, tile_px, progress))
     if "most_uncertain" not in result:
-        from .preview import most_uncertain_tile
+        from .train_preview import most_uncertain_tile
 
         result["most_uncertain"] = most_uncertain_tile(model, samples, raster_transform, raster_crs, device)
     progress.update(total, total, f"done. {trained.verdict()}")

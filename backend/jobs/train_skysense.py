@@ -33,12 +33,12 @@ from ..progress import Progress
 from ..raster.band_check import modality_band_statistics
 from ..raster.labels import NO_LABEL, LabelSet, labels_on_raster, rasterize_features, read_labels
 from ..raster.stack import InputStack
-from ..skysense_jobs import LoadedModel, load_model, prepare_stack
-from .feature_cache import FeatureCache, raster_identity, tile_key
-from .fewshot import LabelTiles, PackedPixels, cross_validate, epoch_progress
-from .loop import TrainingSettings
-from .samples import TileSample, check_labels, check_training_pixels
-from .split import check_block_m, spatial_folds
+from ..training.feature_cache import FeatureCache, raster_identity, tile_key
+from ..training.fewshot import LabelTiles, PackedPixels, cross_validate, epoch_progress
+from ..training.loop import TrainingSettings
+from ..training.samples import TileSample, check_labels, check_training_pixels
+from ..training.split import check_block_m, spatial_folds
+from .skysense import LoadedModel, load_model, prepare_stack
 
 #: Fewer labels than this in all cannot be split into training and validation.
 MIN_LABELS = 2

@@ -13,7 +13,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 #: Parameter kinds. Paths travel as strings; pixels never travel through the pipe.
 PARAM_KINDS = (
@@ -276,7 +276,7 @@ register(
         name="info",
         title="Backend information",
         help="Python, torch and CUDA versions; the devices with their names and free memory.",
-        target="backend.info:run_info",
+        target="backend.jobs.info:run_info",
         group="Diagnostics",
     )
 )
@@ -287,7 +287,7 @@ register(
         title="Backend self-test",
         help=("The device the models will use, a matrix product and a tiny backbone forward on it with their "
               "speed, and the likely cause when a GPU is present but torch cannot use it."),
-        target="backend.selftest:run_selftest",
+        target="backend.jobs.selftest:run_selftest",
         params=(
             Param("matrix_n", "int", "Size of the square matrices multiplied", 1024),
             Param("batch", "int", "Images in the backbone's batch", 4),
@@ -336,7 +336,7 @@ register(
             "on every label (head.safetensors and config.json), and an optional preview maps the area with an "
             "uncertainty map."
         ),
-        target="backend.training.job:run_train",
+        target="backend.jobs.train:run_train",
         params=(
             Param("image", "raster", "Raster under the labels"),
             Param("labels", "vector", "Labels layer (GeoPackage; field class_name, optionally class_id, colour)"),
@@ -394,7 +394,7 @@ register(
             "classes.tif (uint8, palette, nodata 255, class table), confidence.tif, optionally uncertainty.tif, "
             "classes.gpkg (class_id, class_name, area_m2, mean_confidence) and their QGIS styles."
         ),
-        target="backend.segment:run_segment",
+        target="backend.jobs.segment:run_segment",
         params=(
             Param("image", "raster", "Raster to classify"),
             Param("model", "folder", "Head folder written by train (head.safetensors + config.json)", label="Head"),
@@ -440,7 +440,7 @@ register(
             "published checksum; verify: re-hash what is installed; import: a local folder or archive "
             "(offline use; SkySense's files are converted)."
         ),
-        target="backend.hub.manager:run_models",
+        target="backend.jobs.model_manager:run_models",
         params=(
             Param("action", "choice", "What to do", choices=("list", "info", "download", "verify", "import"),
                   positional=True),
@@ -487,7 +487,7 @@ register(
             "confidence.tif and, for polygons such as fields, classes.gpkg with each polygon's class and top-k "
             "probabilities."
         ),
-        target="backend.skysense_jobs:run_classify",
+        target="backend.jobs.skysense:run_classify",
         params=_SKYSENSE_INPUTS + (
             Param("polygons", "vector", "Polygons (e.g. fields) that each get one class and top-k probabilities",
                   None, label="Fields (polygons)", group="essential"),
@@ -511,7 +511,7 @@ register(
             "then file name), its bands, and what would stop a SkySense job (no CRS, missing bands, no date, "
             "rasters that do not overlap). What the dock's date table shows."
         ),
-        target="backend.skysense_series:run_series",
+        target="backend.jobs.series:run_series",
         params=tuple(p for p in _SKYSENSE_INPUTS if p.name in ("model", "hr", "s2", "s2_bands", "s1", "s1_bands",
                                                               "grid_gsd_m")),
         group="SkySense",
@@ -531,7 +531,7 @@ register(
             "every band of every date is scored on the same folds as a baseline; the head saved with the model "
             "(a SkySense folder for the classify task) is then trained on every label."
         ),
-        target="backend.training.skysense_job:run_train_skysense",
+        target="backend.jobs.train_skysense:run_train_skysense",
         params=tuple(p for p in _SKYSENSE_INPUTS if p.name != "out") + (
             Param("labels", "vector", "Labels layer (GeoPackage; field class_name, optionally class_id, colour)"),
             Param("out", "output_folder", "Folder the SkySense model with its trained head is saved into"),
@@ -563,7 +563,7 @@ register(
             "prototypes.json (palette, nearest class per prototype). Optionally learns the prototypes on the "
             "area first (Sinkhorn-Knopp assignment, EMA update) and saves the model."
         ),
-        target="backend.skysense_jobs:run_prototypes",
+        target="backend.jobs.skysense:run_prototypes",
         params=_SKYSENSE_INPUTS + (
             Param("learn", "choice", "Learn the prototypes on the area before mapping", "none",
                   choices=("none", "prototypes")),

@@ -44,25 +44,29 @@ import torch
 from rasterio.features import rasterize
 from rasterio.windows import Window
 
-from . import __version__
-from .errors import UserError
-from .inference.predictor import LocalPredictor, TilePredictor, make_predictor
-from .inference.resumable import ResumablePredictor
-from .inference.skysense_model import SkySenseTileModel, skysense_spec
-from .models.skysense import SkySense, create_skysense, list_skysense
-from .models.skysense.config import SkySenseConfig
-from .models.skysense.heads import classify_polygons, polygon_pool
-from .models.skysense.model import CONFIG_NAME, WEIGHTS_NAME
-from .models.skysense.pretraining import learn_prototypes
-from .models.skysense.prototype_map import nearest_class_per_prototype, prototype_map_from_similarity, prototype_palette
-from .models.skysense.registry import BUNDLED_SKYSENSE, bundled_skysense_folder, skysense_config
-from .progress import Progress
-from .raster.area import read_area
-from .raster.band_check import stack_band_warnings
-from .raster.journal import fingerprint, input_facts
-from .raster.resume import ResumeStore
-from .raster.stack import InputStack, ModalityInputs, common_grid, modality_inputs, open_stack, split_list
-from .raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml
+from .. import __version__
+from ..errors import UserError
+from ..inference.predictor import LocalPredictor, TilePredictor, make_predictor
+from ..inference.resumable import ResumablePredictor
+from ..inference.skysense_model import SkySenseTileModel, skysense_spec
+from ..models.skysense import SkySense, create_skysense, list_skysense
+from ..models.skysense.config import SkySenseConfig
+from ..models.skysense.heads import classify_polygons, polygon_pool
+from ..models.skysense.model import CONFIG_NAME, WEIGHTS_NAME
+from ..models.skysense.pretraining import learn_prototypes
+from ..models.skysense.prototype_map import (
+    nearest_class_per_prototype,
+    prototype_map_from_similarity,
+    prototype_palette,
+)
+from ..models.skysense.registry import BUNDLED_SKYSENSE, bundled_skysense_folder, skysense_config
+from ..progress import Progress
+from ..raster.area import read_area
+from ..raster.band_check import stack_band_warnings
+from ..raster.journal import fingerprint, input_facts
+from ..raster.resume import ResumeStore
+from ..raster.stack import InputStack, ModalityInputs, common_grid, modality_inputs, open_stack, split_list
+from ..raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml
 
 CLASS_NODATA = 255
 SCORE_NODATA = -1.0
