@@ -42,7 +42,7 @@ from ..errors import UserError
 from .placement import cluster_nodes, plan
 
 if TYPE_CHECKING:  # torch comes with it: only the actors import it (not a Ray Client server)
-    from .tile_model import TileModelSpec
+    from .spec import TileModelSpec
 
 LOG = logging.getLogger(__name__)
 

@@ -304,7 +304,7 @@ register(
             "CRS, resolution in metres, size and, for each band, dtype, nodata and percentile "
             "statistics over the area (or the whole raster)."
         ),
-        target="backend.raster.inspect:run_inspect",
+        target="backend.jobs.inspect:run_inspect",
         params=(
             Param("image", "raster", "Raster file to inspect", positional=True),
             Param("aoi", "vector", "Area of interest (polygons, any CRS); the whole raster when omitted", None),

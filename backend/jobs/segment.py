@@ -47,7 +47,8 @@ from rasterio.windows import Window
 
 from .. import __version__
 from ..errors import UserError
-from ..inference.predictor import TilePredictor, make_predictor
+from ..inference.executor import make_predictor
+from ..inference.predictor import TilePredictor
 from ..inference.tile_model import TileModelSpec, model_sha256
 from ..progress import Progress
 from ..raster.area import AreaOfInterest, area_window, covering_window, read_area

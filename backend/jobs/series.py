@@ -13,9 +13,9 @@ from __future__ import annotations
 from typing import Any
 
 from ..errors import UserError
+from ..models.skysense.loading import model_config
 from ..progress import Progress
 from ..raster.stack import MODALITY_NAMES, ModalityInputs, common_grid, raster_inputs, split_list
-from .skysense import model_config
 
 
 def run_series(params: dict[str, Any], progress: Progress) -> dict[str, Any]:

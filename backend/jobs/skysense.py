@@ -25,7 +25,6 @@ Outputs:
 from __future__ import annotations
 
 import datetime
-import hashlib
 import json
 import os
 import platform
@@ -46,20 +45,20 @@ from rasterio.windows import Window
 
 from .. import __version__
 from ..errors import UserError
-from ..inference.predictor import LocalPredictor, TilePredictor, make_predictor
+from ..inference.device import default_device
+from ..inference.executor import make_predictor
+from ..inference.predictor import LocalPredictor, TilePredictor
 from ..inference.resumable import ResumablePredictor
 from ..inference.skysense_model import SkySenseTileModel, skysense_spec
-from ..models.skysense import SkySense, create_skysense, list_skysense
-from ..models.skysense.config import SkySenseConfig
+from ..models.skysense import SkySense
 from ..models.skysense.heads import classify_polygons, polygon_pool
-from ..models.skysense.model import CONFIG_NAME, WEIGHTS_NAME
+from ..models.skysense.loading import LoadedModel, load_model
 from ..models.skysense.pretraining import learn_prototypes
 from ..models.skysense.prototype_map import (
     nearest_class_per_prototype,
     prototype_map_from_similarity,
     prototype_palette,
 )
-from ..models.skysense.registry import BUNDLED_SKYSENSE, bundled_skysense_folder, skysense_config
 from ..progress import Progress
 from ..raster.area import read_area
 from ..raster.band_check import stack_band_warnings
@@ -73,68 +72,6 @@ SCORE_NODATA = -1.0
 BLOCK_PX = 256
 #: Tiles sampled for prototype learning (evenly over the area): memory stays bounded on large areas.
 MAX_LEARN_TILES = 256
-
-
-# -- model ----------------------------------------------------------------------------------------------
-@dataclass
-class LoadedModel:
-    model: SkySense
-    name: str
-    checkpoint_sha256: str | None
-    warnings: list[str]
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(8 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def resolve_model(spec: str) -> Path | str:
-    """``spec`` as a SkySense folder (a path, or the name of a bundled model such as
-    ``terrafuse-tiny-skysense``) or a registered configuration name; a clear error otherwise."""
-    bundled = bundled_skysense_folder(spec)
-    if bundled is not None:
-        return bundled
-    if Path(spec).is_dir():
-        return Path(spec)
-    if spec in list_skysense():
-        return spec
-    raise UserError(f"The model '{spec}' is neither a SkySense folder nor a known model "
-                    f"({', '.join([*BUNDLED_SKYSENSE, *list_skysense()])})")
-
-
-def model_config(spec: str) -> SkySenseConfig:
-    """The configuration of the model ``spec`` without loading its weights (what the inputs must give)."""
-    resolved = resolve_model(spec)
-    if isinstance(resolved, str):
-        return skysense_config(resolved)
-    config_path = resolved / CONFIG_NAME
-    try:
-        data = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise UserError(f"{config_path} cannot be read as a SkySense configuration: {exc}") from None
-    return SkySenseConfig.from_json(data, str(config_path))
-
-
-def load_model(spec: str, seed: int) -> LoadedModel:
-    """A SkySense folder (``from_pretrained``; a bundled model by name) or a registered configuration
-    built with random weights."""
-    folder = resolve_model(spec)
-    if isinstance(folder, Path):
-        model = SkySense.from_pretrained(folder)
-        warnings = []
-        base = model.config.training.get("base_model")
-        if base in list_skysense() and not model.config.training.get("base_checkpoint_sha256"):
-            warnings.append(f"The head of this model was trained on the features of '{base}' with random weights: "
-                            "it separates the classes it was shown, but a pretrained SkySense maps far better")
-        return LoadedModel(model, str(folder.resolve()), _sha256(folder / WEIGHTS_NAME), warnings)
-    torch.manual_seed(seed)
-    model = create_skysense(spec).eval()
-    return LoadedModel(model, spec, None, [f"The model '{spec}' was built with random weights: its outputs show "
-                                           "the pipeline, not land cover; load a trained SkySense folder"])
 
 
 # -- inputs ---------------------------------------------------------------------------------------------
@@ -413,10 +350,6 @@ def _cluster_run(predictor: TilePredictor) -> dict[str, Any]:
     return {"cluster": report()} if report is not None else {}
 
 
-def _device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _write_window(dst: rasterio.io.DatasetWriter, values: np.ndarray, tile: TileOutput, nodata: float) -> None:
     h, w = tile.valid.shape
     dst.write(np.where(tile.valid, values[:h, :w], nodata).astype(dst.dtypes[0]), 1, window=tile.window)
@@ -427,7 +360,7 @@ def run_classify(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     """Flow 3: per-cell classes of the fused feature F_fus (eq. 3) through the head, and per polygon the
     class of the polygon's mean feature (its top-k probabilities)."""
     loaded = load_model(params["model"], int(params.get("seed") or 0))
-    model, device = loaded.model, _device()
+    model, device = loaded.model, default_device()
     if model.head is None:
         raise UserError(f"The model '{params['model']}' has no classifier head: train one from labels first "
                         "(the task 'Train a SkySense head from labels', or python -m backend train-skysense "
@@ -648,7 +581,7 @@ def run_prototypes(params: dict[str, Any], progress: Progress) -> dict[str, Any]
     cosine similarity of eq. 11; optionally the prototypes are first learned on the area (eq. 11-13)."""
     seed = int(params.get("seed") or 0)
     loaded = load_model(params["model"], seed)
-    model, device = loaded.model.to(_device()), _device()
+    model, device = loaded.model.to(default_device()), default_device()
     stack, modalities, geometries = prepare_stack(params, model)
     warnings = list(loaded.warnings) + stack.band_warnings
     with stack:

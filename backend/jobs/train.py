@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..inference.device import default_device
 from ..progress import Progress
 from ..raster.band_check import band_statistics
 from ..raster.bands import parse_bands
@@ -38,10 +39,6 @@ MIN_LABELS = 2
 #: generalises better from a few polygons.
 UPERNET_MIN_LABELLED_PX = 4 * 256 * 256
 NORMALISATION_NOTE = "per-band 2nd-98th percentile over the whole raster (decimated read), scaled to [-1, 1]"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parse_timesteps(text: str) -> tuple[int, ...]:

@@ -29,6 +29,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from ..errors import UserError
 from ..models.skysense import SkySense
+from ..models.skysense.loading import LoadedModel, load_model
 from ..progress import Progress
 from ..raster.band_check import modality_band_statistics
 from ..raster.labels import NO_LABEL, LabelSet, labels_on_raster, rasterize_features, read_labels
@@ -38,7 +39,7 @@ from ..training.fewshot import LabelTiles, PackedPixels, cross_validate, epoch_p
 from ..training.loop import TrainingSettings
 from ..training.samples import TileSample, check_labels, check_training_pixels
 from ..training.split import check_block_m, spatial_folds
-from .skysense import LoadedModel, load_model, prepare_stack
+from .skysense import prepare_stack
 
 #: Fewer labels than this in all cannot be split into training and validation.
 MIN_LABELS = 2
