@@ -3,7 +3,7 @@
 The engines hand a predictor a lazy iterable of batches (each one read from a raster when the
 iterator is advanced) and consume its outputs one by one; they never call the model directly, so
 the same engine runs in-process (:class:`LocalPredictor`) or on a Ray cluster
-(``backend.inference.cluster.RayPredictor``), chosen by :func:`make_predictor`.
+(``backend.inference.cluster.RayPredictor``), chosen by :func:`.executor.make_predictor`.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""SkySense (the ``classify`` and ``prototypes`` jobs) as a :class:`~.tile_model.TileModel`, so that the
+"""SkySense (the ``classify`` and ``prototypes`` jobs) as a :class:`~.spec.TileModel`, so that the
 same batches run in this process or in a Ray actor.
 
 A batch is a dict of numpy arrays as :meth:`backend.raster.stack.InputStack.read_batch` gives them (the

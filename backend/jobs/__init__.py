@@ -4,7 +4,8 @@
 The command line (:mod:`backend.__main__`), the worker (:mod:`backend.worker`) and the plugin's
 Processing algorithms are all generated from these specs. This module uses the standard library
 only: the plugin imports it to build its algorithms without pulling in numpy or torch, and each
-job's function is imported lazily, the first time the job runs.
+job's function is imported lazily, the first time the job runs, from its module in this package
+(``backend.jobs.<job>``: one module per job or family of jobs; docs/architecture.md, "Layers of the backend").
 """
 
 from __future__ import annotations
@@ -270,7 +271,8 @@ def load_extra(module_names: list[str]) -> None:
         importlib.import_module(module_name)
 
 
-# The built-in jobs. Later capabilities add their spec here, next to their parameters.
+# The built-in jobs. Later capabilities add their spec here, next to their parameters, and their run function in a
+# module of this package.
 register(
     JobSpec(
         name="info",
@@ -487,7 +489,7 @@ register(
             "confidence.tif and, for polygons such as fields, classes.gpkg with each polygon's class and top-k "
             "probabilities."
         ),
-        target="backend.jobs.skysense:run_classify",
+        target="backend.jobs.classify:run_classify",
         params=_SKYSENSE_INPUTS + (
             Param("polygons", "vector", "Polygons (e.g. fields) that each get one class and top-k probabilities",
                   None, label="Fields (polygons)", group="essential"),
@@ -563,7 +565,7 @@ register(
             "prototypes.json (palette, nearest class per prototype). Optionally learns the prototypes on the "
             "area first (Sinkhorn-Knopp assignment, EMA update) and saves the model."
         ),
-        target="backend.jobs.skysense:run_prototypes",
+        target="backend.jobs.prototypes:run_prototypes",
         params=_SKYSENSE_INPUTS + (
             Param("learn", "choice", "Learn the prototypes on the area before mapping", "none",
                   choices=("none", "prototypes")),

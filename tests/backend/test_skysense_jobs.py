@@ -22,8 +22,9 @@ from safetensors.torch import load_file
 
 from backend import jobs
 from backend.errors import JobCancelled, UserError
+from backend.jobs.classify import run_classify
+from backend.jobs.prototypes import run_prototypes
 from backend.jobs.series import run_series
-from backend.jobs.skysense import run_classify, run_prototypes
 from backend.jobs.train_skysense import run_train_skysense
 from backend.models.skysense import SkySense
 from backend.models.skysense.config import S2_BANDS

@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from backend import jobs
-from backend.jobs.skysense import run_classify, run_prototypes
+from backend.jobs.classify import run_classify
+from backend.jobs.prototypes import run_prototypes
 from backend.models.skysense import SkySense
 from backend.models.skysense.config import S2_BANDS, official_conventions
 from backend.progress import Progress
