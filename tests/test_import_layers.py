@@ -31,6 +31,22 @@ BACKEND_LAYERS: tuple[tuple[str, ...], ...] = (
     ("backend",),  # backend/__init__.py: the version
 )
 
+#: The plugin's layers, top first, by the same rules; the backend's modules it may read (test_boundaries.py) are
+#: its ground.
+PLUGIN_LAYERS: tuple[tuple[str, ...], ...] = (
+    ("plugin.plugin",),  # the plugin class: actions, dock, provider
+    ("plugin.dock", "plugin.processing"),  # the dock and its sections; the Processing provider and algorithms
+    # dialogs, panels and forms the dock opens or shows
+    ("plugin.labels_panel", "plugin.diagnostics_dialog", "plugin.model_manager_dialog", "plugin.setup_task",
+     "plugin.cluster_placement", "plugin.job_form", "plugin.dates_table", "plugin.prototype_identify",
+     "plugin.first_use"),
+    # what those build on: tasks around a job, map tools, layers, labels, settings, export of web layers
+    ("plugin.tasks", "plugin.map_tools", "plugin.layers", "plugin.labels", "plugin.settings", "plugin.export"),
+    # the worker client and the plain pieces: progress by phase, areas, the Qt shim, the backend's environment
+    ("plugin.worker_client", "plugin.job_progress", "plugin.area", "plugin.qt_compat", "plugin.runtime"),
+    ("plugin", "backend"),
+)
+
 
 def module_name(path: Path, root: Path) -> str:
     parts = list(path.relative_to(root).with_suffix("").parts)
@@ -147,6 +163,13 @@ def test_no_import_loop_in_the_backend_or_the_plugin() -> None:
 def test_backend_imports_run_down_the_layers() -> None:
     wrong = imports_against_layers(import_graph(ROOT, ["backend"]), BACKEND_LAYERS)
     assert not wrong, "imports against the layers of docs/architecture.md:\n" + "\n".join(wrong)
+
+
+def test_plugin_imports_run_down_the_layers() -> None:
+    graph = import_graph(ROOT, ["plugin", "backend"])
+    plugin = {name: targets for name, targets in graph.items() if name.split(".")[0] == "plugin"}
+    wrong = imports_against_layers(plugin, PLUGIN_LAYERS)
+    assert not wrong, "plugin imports against its layers:\n" + "\n".join(wrong)
 
 
 def test_every_job_runs_from_the_jobs_package() -> None:
