@@ -115,7 +115,7 @@ def _classify(params: dict[str, Any], progress: Progress, model: SkySense, stack
     confidence_dst = None
     if params.get("confidence"):
         confidence_dst = output_raster(files.partial("confidence.tif"), stack, "float32", SCORE_NODATA,
-                                 "confidence (probability of the class)", provenance)
+                                       "confidence (probability of the class)", provenance)
     try:
         classes_dst.write_colormap(1, colour_table(classes, 256))
         classes_dst.update_tags(**{f"CLASS_{int(c['id'])}": c["name"] for c in classes})

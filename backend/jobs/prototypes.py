@@ -143,7 +143,7 @@ def _prototypes(params: dict[str, Any], progress: Progress, model: SkySense, sta
                for i, rgb in enumerate(prototype_palette(per_region))]
     index_dst = output_raster(files.partial("prototypes.tif"), stack, dtype, nodata, "prototype index", provenance)
     similarity_dst = output_raster(files.partial("prototype_similarity.tif"), stack, "float32", float("nan"),
-                             "cosine similarity to the prototype (eq. 11)", provenance)
+                                   "cosine similarity to the prototype (eq. 11)", provenance)
     all_dst = None
     if params.get("similarities", True):
         all_dst = _similarities_raster(files.partial(SIMILARITIES_NAME), stack, per_region, provenance)

@@ -100,6 +100,7 @@ def prepare_stack(params: dict[str, Any], model: SkySense) -> tuple[InputStack, 
 
 
 def area_mask(geometries: list[dict[str, Any]] | None, stack: InputStack, window: Window) -> np.ndarray:
+    """The cells of a tile inside the area's polygons (all of them without an area)."""
     shape = (stack.tile_px, stack.tile_px)
     if geometries is None:
         return np.ones(shape, dtype=bool)
@@ -245,7 +246,8 @@ class OutputFiles:
 
 
 def output_raster(path: Path, stack: InputStack, dtype: str, nodata: float, description: str,
-            provenance: dict[str, Any]) -> rasterio.io.DatasetWriter:
+                  provenance: dict[str, Any]) -> rasterio.io.DatasetWriter:
+    """A one-band tiled GeoTIFF on the grid, open for writing window by window, with the job's provenance."""
     grid = stack.grid
     dst = rasterio.open(path, "w", driver="GTiff", width=grid.width, height=grid.height, count=1, dtype=dtype,
                         crs=grid.crs, transform=grid.transform, nodata=nodata, compress="deflate", tiled=True,
@@ -260,6 +262,7 @@ def _hex_rgba(colour: str) -> tuple[int, int, int, int]:
 
 
 def colour_table(entries: list[dict[str, Any]], size: int) -> dict[int, tuple[int, int, int, int]]:
+    """A raster's colour table of ``size`` entries from ``{"id", "colour": "#rrggbb"}`` entries (others clear)."""
     colormap = {i: (0, 0, 0, 0) for i in range(size)}
     colormap.update({int(e["id"]): _hex_rgba(e["colour"]) for e in entries})
     return colormap
@@ -277,8 +280,9 @@ def _versions() -> dict[str, str]:
 
 
 def job_provenance(job: str, loaded: LoadedModel, params: dict[str, Any], stack: InputStack,
-                modalities: list[ModalityInputs], device: torch.device,
-                predictor: TilePredictor | None = None) -> dict[str, Any]:
+                   modalities: list[ModalityInputs], device: torch.device,
+                   predictor: TilePredictor | None = None) -> dict[str, Any]:
+    """What every output of a SkySense job records: the model, the parameters, the inputs, the grid, versions."""
     grid = stack.grid
     cluster = {"cluster": predictor.provenance["cluster"]} if predictor and "cluster" in predictor.provenance else {}
     return {
@@ -304,5 +308,6 @@ def cluster_run(predictor: TilePredictor) -> dict[str, Any]:
 
 
 def write_window(dst: rasterio.io.DatasetWriter, values: np.ndarray, tile: TileOutput, nodata: float) -> None:
+    """One tile's values into its window of ``dst``, ``nodata`` outside its valid cells."""
     h, w = tile.valid.shape
     dst.write(np.where(tile.valid, values[:h, :w], nodata).astype(dst.dtypes[0]), 1, window=tile.window)
