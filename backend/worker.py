@@ -51,7 +51,7 @@ class Worker:
             self._out.flush()
 
     def _read_device(self) -> None:
-        from .info import device_line
+        from .jobs.info import device_line
 
         try:
             self._device = device_line()

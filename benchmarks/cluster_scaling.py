@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--json", default=None, help="also write the figures to this file")
     args = parser.parse_args()
 
-    from backend.segment import CHUNK_PX
+    from backend.jobs.segment import CHUNK_PX
 
     os.environ.setdefault("TERRAFUSE_CACHE_DIR", tempfile.mkdtemp(prefix="tf-cluster-bench-cache-"))
     timesteps = tuple(int(t) for t in args.timesteps.split(","))

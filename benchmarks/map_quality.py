@@ -19,7 +19,7 @@ Paths:
 - ``satdifuser``: the ``train`` job's defaults (features from the bundled diffusion backbone, its head, the
   band context when on by default); ``satdifuser-paper``: the same without the band context (the paper's head);
 - ``skysense``: the ``train-skysense`` job's defaults on the bundled SkySense, where the model reads the
-  scene's sensor.
+  scene's sensor; ``skysense-paper``: the same without the band context (the linear head on F_fus alone).
 
 Prints a table (mean ± spread over seeds of mIoU and overall accuracy, with the seconds each path took) and
 writes it as JSON with the machine (``--out``).
@@ -43,8 +43,8 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.info import cpu_name  # noqa: E402
 from backend.jobs import get as get_job  # noqa: E402
+from backend.jobs.info import cpu_name  # noqa: E402
 from backend.progress import Progress  # noqa: E402
 from backend.training.baseline import random_forest_confusion  # noqa: E402
 from backend.training.fewshot import train_on_split  # noqa: E402
@@ -53,7 +53,7 @@ from backend.training.metrics import confusion_matrix, segmentation_metrics  # n
 from backend.training.split import spatial_folds  # noqa: E402
 
 SCENES = ROOT / "benchmarks" / "scenes"
-PATHS = ("rf", "linear", "band-context", "satdifuser", "satdifuser-paper", "skysense")
+PATHS = ("rf", "linear", "band-context", "satdifuser", "satdifuser-paper", "skysense", "skysense-paper")
 
 
 @dataclass(frozen=True)
@@ -168,25 +168,39 @@ class FewShotPath:
 
 
 def satdifuser_path(scene: Scene, band_context: bool, cache_dir: str | None) -> FewShotPath:
-    from backend.training.job import prepare_train
+    from backend.jobs.train import prepare_train
 
     params = job_defaults("train", image=scene.image, labels=scene.labels, out="", preview=False,
                           hold_out_block_m=scene.block_m, band_context=band_context, cache_dir=cache_dir)
     return FewShotPath(prepare_train, params)
 
 
-def skysense_path(scene: Scene, cache_dir: str | None) -> FewShotPath | str:
+def skysense_inputs(scene: Scene) -> dict[str, Any]:
+    """The ``train-skysense`` inputs a user gives for the scene: a multispectral raster as Sentinel-2 with its
+    bands mapped by name (Landsat OLI through ``sensors.LANDSAT_OLI_TO_S2``, 0 for a band it lacks: the band
+    mask), an RGB or single-band image as the high-resolution input."""
+    from backend.models.skysense.config import S2_BANDS
+    from backend.raster.sensors import LANDSAT_NAMED, LANDSAT_OLI_TO_S2, NAMED_S2
+
+    names = [b.lower() for b in scene.info["bands"]]
+    landsat = "landsat" in scene.info["sensor"].lower()
+    if not landsat and "sentinel-2" not in scene.info["sensor"].lower() and "nir" not in names:
+        return {"hr": scene.image}
+    table = {k.lower(): v for k, v in (LANDSAT_OLI_TO_S2 if landsat else {}).items()}
+    table.update(LANDSAT_NAMED if landsat else NAMED_S2)
+    s2_names = [table.get(n) or ("B" + n[1:].lstrip("0").upper() if n.startswith("b") else None) for n in names]
+    indices = [s2_names.index(band) + 1 if band in s2_names else 0 for band in S2_BANDS]
+    return {"s2": scene.image, "s2_dates": scene.info.get("date") or "2018-06-15",
+            "s2_bands": ",".join(str(i) for i in indices)}
+
+
+def skysense_path(scene: Scene, band_context: bool, cache_dir: str | None) -> FewShotPath | str:
     """The SkySense path, or why it cannot run on this scene."""
     from backend.errors import UserError
-    from backend.training.skysense_job import prepare_train_skysense
+    from backend.jobs.train_skysense import prepare_train_skysense
 
-    modality = scene.info.get("skysense_modality") or ("s2" if "Sentinel-2" in scene.info["sensor"] else None)
-    if modality is None:
-        modality = "hr" if len(scene.info["bands"]) <= 3 else "s2"
-    date = scene.info.get("date") or "2018-06-15"
-    inputs = {modality: scene.image, f"{modality}_dates": date} if modality != "hr" else {"hr": scene.image}
     params = job_defaults("train-skysense", labels=scene.labels, out="", hold_out_block_m=scene.block_m,
-                          cache_dir=cache_dir, **inputs)
+                          cache_dir=cache_dir, band_context=band_context, **skysense_inputs(scene))
     try:
         return FewShotPath(prepare_train_skysense, params)
     except UserError as exc:
@@ -207,11 +221,14 @@ def run_scene(scene: Scene, ks: list[int], seeds: int, paths: list[str], cache_d
         few_shot["satdifuser"] = satdifuser_path(scene, True, cache_dir)
     if "satdifuser-paper" in paths:
         few_shot["satdifuser-paper"] = satdifuser_path(scene, False, cache_dir)
-    if "skysense" in paths:
-        few_shot["skysense"] = skysense_path(scene, cache_dir)
-    pixels_of = few_shot["satdifuser"]
-    assert isinstance(pixels_of, FewShotPath)
-    tiles, classes = pixels_of.setup.tiles, pixels_of.setup.classes
+    for path, context in (("skysense", True), ("skysense-paper", False)):
+        if path in paths:
+            few_shot[path] = skysense_path(scene, context, cache_dir)
+    runnable = [r for r in few_shot.values() if isinstance(r, FewShotPath)]
+    if not runnable:
+        return {"title": scene.info["title"], "cannot_run": {p: r for p, r in few_shot.items()}, "k": {}}
+    # The labels as the first runnable path's tiles hold them (the per-pixel baselines read its band values).
+    tiles, classes = runnable[0].setup.tiles, runnable[0].setup.classes
     local = tiles.labels
     rows: dict[str, Any] = {}
     for k in ks:
@@ -288,6 +305,10 @@ def merge_results(runs: list[dict[str, Any]]) -> dict[str, Any]:
             for k, row in scene["k"].items():
                 target["k"].setdefault(k, {}).update(row)
         merged["paths"] += [p for p in run.get("paths", PATHS) if p not in merged["paths"]]
+    for run in runs:  # a run none of whose paths could run on a scene: its cells say why
+        for name, scene in run["scenes"].items():
+            for k in merged["scenes"][name]["k"].values():
+                k.update({p: {"cannot_run": why} for p, why in scene.get("cannot_run", {}).items()})
     return merged
 
 

@@ -27,7 +27,7 @@ if str(ROOT) not in sys.path:
 CHILD = """
 import json, sys, time
 sys.path.insert(0, {root!r})
-from backend import segment
+from backend.jobs import segment
 from backend.inference import tile_model
 from backend.progress import Progress
 from backend.worker import run_job

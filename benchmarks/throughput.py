@@ -41,7 +41,7 @@ ROOT = Path(__file__).resolve().parent.parent
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.info import cpu_name  # noqa: E402
+from backend.jobs.info import cpu_name  # noqa: E402
 from backend.models.diffusion import DiffusionBackbone, DiffusionFeatureExtractor, InferenceSettings  # noqa: E402
 from backend.models.diffusion.architectures import (  # noqa: E402
     ARCHITECTURES,

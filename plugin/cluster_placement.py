@@ -9,7 +9,7 @@ from qgis.PyQt.QtWidgets import QHBoxLayout, QSpinBox, QWidget
 
 from .settings import PluginSettings
 
-#: (job parameter, suffix, tooltip); the backend's placement reads the same names (backend/jobs.py).
+#: (job parameter, suffix, tooltip); the backend's placement reads the same names (backend/jobs/__init__.py).
 PLACEMENT_FIELDS = (
     ("actors", " actors", "Ray actors (copies of the model) to start; auto: as many as the cluster's nodes hold"),
     ("threads", " threads", "CPUs (torch threads) of each CPU actor; auto: up to 4, fitted to the nodes"),

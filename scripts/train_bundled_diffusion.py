@@ -29,7 +29,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.info import cpu_name  # noqa: E402
+from backend.jobs.info import cpu_name  # noqa: E402
 
 DEFAULT_OUT = ROOT / "resources" / "models" / "terrafuse-tiny-diffusion"
 DEFAULT_CACHE = Path.home() / ".cache" / "terrafuse" / "bundled-training"
@@ -419,7 +419,7 @@ def measure_tile_seconds(folder: Path, tile_px: int = 512, repeats: int = 5) -> 
 
 def finish(folder: Path, log: dict) -> None:
     """Size, speed, training_log.json, the model card and checksums.sha256 (written last, over all files)."""
-    from backend.hub.manager import write_checksums
+    from backend.jobs.model_manager import write_checksums
     from backend.models.diffusion import bundled
 
     log["size_mb"] = bundled.folder_size_mb(folder)

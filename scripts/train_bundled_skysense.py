@@ -46,7 +46,7 @@ ROOT = Path(__file__).resolve().parents[1]
 if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
-from backend.info import cpu_name  # noqa: E402
+from backend.jobs.info import cpu_name  # noqa: E402
 from backend.models.skysense.bundled import (  # noqa: E402
     BUNDLED_SKYSENSE_FOLDER,
     BUNDLED_TILE_PX,
@@ -337,7 +337,7 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from backend.hub.manager import write_checksums
+    from backend.jobs.model_manager import write_checksums
     from backend.models.skysense import SkySense, count_parameters
     from backend.models.skysense.pretraining import PretrainingSettings, learn_prototypes, pretrain
 
@@ -410,7 +410,7 @@ def main(argv: list[str] | None = None) -> int:
 def add_evaluation(folder: Path, figures: Path) -> int:
     """The measured figures (a JSON list of ``{"input", "command", "head_miou", "head_oa", "rf_miou", "rf_oa",
     "labels", "features_s"}``) into ``training_log.json``, then the card and the checksums again."""
-    from backend.hub.manager import write_checksums
+    from backend.jobs.model_manager import write_checksums
 
     log = json.loads((folder / "training_log.json").read_text(encoding="utf-8"))
     log["evaluation"] = json.loads(figures.read_text(encoding="utf-8"))
@@ -500,7 +500,7 @@ official checkpoints with the model manager (`python -m backend models import --
     backbone reads the bands (zero where missing, after normalisation) and one presence channel per band.
     The patch embedding is linear, so the presence channels add a learned "missing band" embedding to every
     token. Landsat 8/9 rasters are read as Sentinel-2 with OLI B2, B3, B4, B5, B6, B7 standing for S2 B2,
-    B3, B4, B8A, B11, B12 (`backend/models/skysense/sensors.py`, after HLS, Claverie et al. 2018); a job
+    B3, B4, B8A, B11, B12 (`backend/raster/sensors.py`, after HLS, Claverie et al. 2018); a job
     warns in one line which bands an input lacks. ViT 4 blocks, 96 wide, 3 heads, 2 px patches.
   - **s1**, a Sentinel-1 series of VV and VH: ViT 2 blocks, 64 wide, 2 heads, 2 px patches.
 - Features of each encoder are projected to d = 64 and interpolated (bilinear) or averaged onto the grid.

@@ -12,8 +12,14 @@ from tests.conftest import ROOT
 MODEL_PACKAGES = {"torch", "torchvision", "diffusers", "timm", "transformers", "safetensors", "numpy",
                   "rasterio", "pyogrio", "shapely", "huggingface_hub"}
 GUI_PACKAGES = {"qgis", "PyQt5", "PyQt6", "PySide2", "PySide6", "sip", "osgeo"}
-# What the plugin may import from the backend: modules that use the standard library only.
+# What the plugin may import from the backend: modules that use the standard library only (the job registry is
+# the jobs package's __init__.py; the jobs under it are not for the plugin).
 STDLIB_BACKEND_MODULES = ("jobs", "protocol", "errors", "progress")
+
+
+def backend_module_file(module: str) -> Path:
+    package = ROOT / "backend" / module / "__init__.py"
+    return package if package.is_file() else ROOT / "backend" / f"{module}.py"
 
 
 def imported_modules(path: Path, root: Path = ROOT) -> set[str]:
@@ -49,6 +55,9 @@ def test_plugin_never_imports_models(path: Path) -> None:
             assert parts[1] in STDLIB_BACKEND_MODULES, (
                 f"{path} imports {name}: the plugin may only read the backend's standard-library modules"
             )
+            # "from ..backend.jobs import JOBS" names backend.jobs.JOBS: the registry, not a job's module.
+            job_module = ROOT / "backend" / "jobs" / f"{parts[2]}.py" if parts[1] == "jobs" and len(parts) > 2 else None
+            assert job_module is None or not job_module.exists(), f"{path} imports the job module {name}"
 
 
 @pytest.mark.parametrize("path", python_files("backend"), ids=lambda p: str(p.relative_to(ROOT)))
@@ -60,7 +69,7 @@ def test_backend_never_imports_qgis(path: Path) -> None:
 @pytest.mark.parametrize("module", STDLIB_BACKEND_MODULES)
 def test_backend_modules_the_plugin_reads_use_the_standard_library_only(module: str) -> None:
     stdlib = {"__future__", "importlib", "dataclasses", "typing", "json", "re", "threading", "time", "errno"}
-    for name in imported_modules(ROOT / "backend" / f"{module}.py"):
+    for name in imported_modules(backend_module_file(module)):
         parts = name.split(".")
         if parts[0] == "backend":
             assert len(parts) == 1 or parts[1] in STDLIB_BACKEND_MODULES, f"backend/{module}.py imports {name}"

@@ -1,10 +1,10 @@
 """Running a tile model over many batches, locally or on a cluster, behind one small seam.
 
-The raster engines (:mod:`backend.segment`, and :mod:`backend.skysense_jobs` for classify and prototypes)
+The raster engines (:mod:`backend.jobs.segment`, and :mod:`backend.jobs.skysense` for classify and prototypes)
 only talk to a :class:`~.predictor.TilePredictor` for their tiles. The seam, for anyone plugging in another
 executor:
 
-``tile_model.TileModelSpec(job: str, params: dict)``
+``spec.TileModelSpec(job: str, params: dict)``
     Frozen, picklable description of a model: ``job`` in ``{"segment", "classify", "prototypes"}``;
     for ``"segment"`` ``params = {"model": <head folder, str>, "backbone": <str or None>}``; for the
     SkySense jobs see :func:`.skysense_model.skysense_spec` (a folder under ``"model"`` or a configuration
@@ -25,7 +25,7 @@ executor:
     In-process: the input iterator runs in one background thread, ``prefetch`` batches ahead, so reading
     overlaps compute; on a CUDA out-of-memory error the batch is halved and retried, and the smaller size
     is kept for the following batches.
-``predictor.make_predictor(spec, params, device=None) -> TilePredictor``
+``executor.make_predictor(spec, params, device=None) -> TilePredictor``
     ``LocalPredictor(load_tile_model(spec, device))`` unless ``params.get("cluster")`` is set; then
     ``backend.inference.cluster.RayPredictor(spec, params["cluster"])`` (any further constructor
     arguments must have defaults). A RayPredictor loads the model with ``load_tile_model(spec, device)``

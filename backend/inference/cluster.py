@@ -1,7 +1,7 @@
 """Tile batches on a Ray cluster: actors that each hold the model on one GPU (or a few CPUs), fed in
 order with a bounded number of batches in flight, and a lost actor's batches redone elsewhere.
 
-``RayPredictor(spec, address)`` is what :func:`.predictor.make_predictor` returns when a job's
+``RayPredictor(spec, address)`` is what :func:`.executor.make_predictor` returns when a job's
 ``cluster`` parameter is set: ``address`` is a Ray address (``ray://host:10001``, ``host:6379``,
 ``auto``) or ``local``, which starts a Ray instance on this machine for the job, bound to the loopback
 interface only, and stops it at :meth:`RayPredictor.close`. The driver (the job's process) keeps
@@ -42,7 +42,7 @@ from ..errors import UserError
 from .placement import cluster_nodes, plan
 
 if TYPE_CHECKING:  # torch comes with it: only the actors import it (not a Ray Client server)
-    from .tile_model import TileModelSpec
+    from .spec import TileModelSpec
 
 LOG = logging.getLogger(__name__)
 

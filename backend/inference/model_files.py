@@ -31,7 +31,7 @@ from ..errors import UserError
 from ..hub.checksums import HASH_RECORD_NAME, file_sha256
 
 if TYPE_CHECKING:  # torch comes with it: a Ray Client server unpickles a delivery and must not import torch
-    from .tile_model import TileModelSpec
+    from .spec import TileModelSpec
 
 #: Bytes per object-store piece of a shipped file (a backbone of gigabytes goes as many pieces).
 PIECE_BYTES = 64 * 2**20

@@ -3,7 +3,7 @@
 The engines hand a predictor a lazy iterable of batches (each one read from a raster when the
 iterator is advanced) and consume its outputs one by one; they never call the model directly, so
 the same engine runs in-process (:class:`LocalPredictor`) or on a Ray cluster
-(``backend.inference.cluster.RayPredictor``), chosen by :func:`make_predictor`.
+(``backend.inference.cluster.RayPredictor``), chosen by :func:`.executor.make_predictor`.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
-from .tile_model import TileModel, TileModelSpec, load_tile_model
+from .spec import TileModel
 
 LOG = logging.getLogger(__name__)
 
@@ -166,27 +166,3 @@ def _free_accelerator_memory() -> None:
 
     if torch.cuda.is_available():
         torch.cuda.empty_cache()
-
-
-def make_predictor(spec: TileModelSpec, params: dict[str, Any], device: Any = None,
-                   progress: Any = None) -> TilePredictor:
-    """A :class:`LocalPredictor` on ``device`` (default: the GPU if there is one), or a Ray predictor
-    when ``params["cluster"]`` names a cluster address (with the job's ``actors``, ``threads`` and
-    ``in_flight``, where set; ``progress`` hears what the cluster waits for and cancels the wait)."""
-    address = params.get("cluster")
-    if address:
-        from ..stop_signals import kept_signal_handlers
-        from .cluster import RayPredictor
-
-        with kept_signal_handlers():  # ray.init makes SIGTERM exit at once; ours stops the job cleanly
-            return RayPredictor(spec, address, **cluster_options(params), progress=progress)
-    if device is None:
-        from ..training.job import default_device
-
-        device = default_device()
-    return LocalPredictor(load_tile_model(spec, device), prefetch=int(params.get("prefetch") or 2))
-
-
-def cluster_options(params: dict[str, Any]) -> dict[str, int]:
-    """The job's placement options that are set: ``actors``, ``threads`` per actor, ``in_flight`` batches."""
-    return {key: int(params[key]) for key in ("actors", "threads", "in_flight") if params.get(key)}

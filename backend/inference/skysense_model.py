@@ -1,4 +1,4 @@
-"""SkySense (the ``classify`` and ``prototypes`` jobs) as a :class:`~.tile_model.TileModel`, so that the
+"""SkySense (the ``classify`` and ``prototypes`` jobs) as a :class:`~.spec.TileModel`, so that the
 same batches run in this process or in a Ray actor.
 
 A batch is a dict of numpy arrays as :meth:`backend.raster.stack.InputStack.read_batch` gives them (the
@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .tile_model import TileModelSpec
+from .spec import TileModelSpec
 
 #: What each job's writers read from the model's outputs by default.
 SKYSENSE_OUTPUTS: dict[str, tuple[str, ...]] = {"classify": ("logits",),
@@ -67,8 +67,8 @@ def _to_numpy(tensor: torch.Tensor) -> np.ndarray:
 
 def load_skysense(spec: TileModelSpec, device: torch.device) -> SkySenseTileModel:
     """The loader registered for ``"classify"`` and ``"prototypes"``: the model as the jobs load it
-    (:func:`backend.skysense_jobs.load_model`), on ``device``."""
-    from ..skysense_jobs import load_model
+    (:func:`backend.models.skysense.loading.load_model`), on ``device``."""
+    from ..models.skysense.loading import load_model
 
     reference = spec.params.get("model") or spec.params.get("config")
     if not reference:

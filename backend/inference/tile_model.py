@@ -1,5 +1,5 @@
-"""A model as a picklable description (:class:`TileModelSpec`) and the callable it loads into
-(:class:`TileModel`): numpy batches in, numpy outputs out, so any executor (a thread here, a Ray
+"""Loading a model from its picklable description (:class:`~.spec.TileModelSpec`) into the callable
+:class:`~.spec.TileModel`: numpy batches in, numpy outputs out, so any executor (a thread here, a Ray
 worker elsewhere) can run it without knowing the model.
 
 Loaders: ``"segment"`` (SatDiFuser heads, here) and ``"classify"`` and ``"prototypes"`` (SkySense,
@@ -10,41 +10,17 @@ writers read out). Another is added with ``register_loader(job, fn)``, ``fn(spec
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from ..errors import UserError
+from .spec import TILE_JOBS, TileModel, TileModelSpec
 
 if TYPE_CHECKING:  # the diffusion package loads diffusers: imported when a segment model loads
     from ..models.diffusion.fast_path import InferenceSettings
-
-TILE_JOBS = ("segment", "classify", "prototypes")
-
-
-@dataclass(frozen=True)
-class TileModelSpec:
-    """What to load: ``job`` names the model family, ``params`` its files (plain JSON-like values)."""
-
-    job: str
-    params: dict[str, Any] = field(default_factory=dict)
-
-    def __post_init__(self) -> None:
-        if self.job not in TILE_JOBS:
-            raise ValueError(f"job must be one of {', '.join(TILE_JOBS)}; got {self.job!r}")
-
-
-class TileModel(Protocol):
-    """``model(batch) -> outputs`` on numpy; ``provenance`` is what outputs record about the model and
-    ``max_batch`` a batch size known to fit (None: unknown)."""
-
-    provenance: dict[str, Any]
-    max_batch: int | None
-
-    def __call__(self, batch: Any) -> Any: ...
 
 
 class SegmentTileModel:

@@ -33,11 +33,11 @@ from rasterio.warp import transform, transform_bounds
 from rasterio.windows import Window
 
 from ..errors import UserError
-from ..models.skysense.band_mapping import default_band_mapping
-from ..models.skysense.dates import acquisition_date, day_of_year
-from ..models.skysense.sensors import is_landsat, landsat_descriptions
 from .area import AreaOfInterest, pixel_size_m, utm_crs
+from .band_mapping import default_band_mapping
+from .dates import acquisition_date, day_of_year
 from .inspect import open_raster
+from .sensors import is_landsat, landsat_descriptions
 
 #: The largest refinement of the grid for the high-resolution image (e.g. 10 m grid -> 1.25 m image).
 MAX_HR_FACTOR = 8
@@ -137,7 +137,7 @@ class RasterInputs:
     date: datetime.date | None
     date_source: str
     present: tuple[bool, ...] = ()  # per wanted band, with a band mask; empty: all held
-    sensor: str = ""  # "landsat" when the bands were read as Landsat OLI's (backend.models.skysense.sensors)
+    sensor: str = ""  # "landsat" when the bands were read as Landsat OLI's (backend.raster.sensors)
 
 
 def raster_inputs(name: str, path: str, wanted_bands: Sequence[str], bands: str | None = None,
@@ -145,7 +145,7 @@ def raster_inputs(name: str, path: str, wanted_bands: Sequence[str], bands: str 
     """One raster of a modality: refused without CRS or without the bands the encoder reads (unless
     ``allow_missing``, an encoder with a band mask: then only a raster without any of them); its date from
     the metadata tags, else the file name (None when neither holds one). A Landsat 8/9 raster's bands are
-    read as the Sentinel-2 bands they stand for (:mod:`backend.models.skysense.sensors`)."""
+    read as the Sentinel-2 bands they stand for (:mod:`backend.raster.sensors`)."""
     label = MODALITY_NAMES[name]
     sensor = ""
     with open_raster(path) as src:

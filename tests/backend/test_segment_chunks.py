@@ -18,8 +18,8 @@ import rasterio
 import shapely
 import torch
 
-from backend import segment as segment_module
 from backend.errors import JobCancelled
+from backend.jobs import segment as segment_module
 from backend.progress import Progress
 from backend.raster.chunks import chunk_windows, tiles_touching
 from backend.raster.tiles import tile_windows
@@ -97,7 +97,8 @@ KILLED_RUN = """
 import sys, time
 from pathlib import Path
 import pytest
-from backend import __main__ as cli, segment
+from backend import __main__ as cli
+from backend.jobs import segment
 from tests.backend.segment_stand_in import CountingModel, use_stand_in
 
 class Slow(CountingModel):

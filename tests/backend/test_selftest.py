@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backend.jobs.selftest import diagnose_gpu
 from backend.progress import Progress
-from backend.selftest import diagnose_gpu
 from backend.worker import run_job
 
 DATA = Path(__file__).resolve().parent.parent / "runtime" / "data"

@@ -22,12 +22,13 @@ from safetensors.torch import load_file
 
 from backend import jobs
 from backend.errors import JobCancelled, UserError
+from backend.jobs.classify import run_classify
+from backend.jobs.prototypes import run_prototypes
+from backend.jobs.series import run_series
+from backend.jobs.train_skysense import run_train_skysense
 from backend.models.skysense import SkySense
 from backend.models.skysense.config import S2_BANDS
 from backend.progress import Progress
-from backend.skysense_jobs import run_classify, run_prototypes
-from backend.skysense_series import run_series
-from backend.training.skysense_job import run_train_skysense
 from tests.backend.models.skysense.tiny import CLASSES, micro_config
 from tests.conftest import BACKEND_PYTHON, ROOT
 

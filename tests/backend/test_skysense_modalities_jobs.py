@@ -15,13 +15,14 @@ import torch
 from rasterio.enums import ColorInterp
 
 from backend import jobs
+from backend.jobs.classify import run_classify
+from backend.jobs.prototypes import run_prototypes
+from backend.jobs.train_skysense import run_train_skysense
 from backend.models.skysense import SkySense
 from backend.models.skysense.bundled import BUNDLED_SKYSENSE_NAME
 from backend.models.skysense.config import HR_BANDS, S1_BANDS, EncoderConfig
 from backend.models.skysense.registry import bundled_skysense_folder
 from backend.progress import Progress
-from backend.skysense_jobs import run_classify, run_prototypes
-from backend.training.skysense_job import run_train_skysense
 from tests.backend.models.skysense.tiny import CLASSES, micro_config
 from tests.backend.test_skysense_jobs import BOX, UTM, _half_labels, _pattern, _write
 

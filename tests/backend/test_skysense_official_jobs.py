@@ -12,10 +12,11 @@ import pytest
 import torch
 
 from backend import jobs
+from backend.jobs.classify import run_classify
+from backend.jobs.prototypes import run_prototypes
 from backend.models.skysense import SkySense
 from backend.models.skysense.config import S2_BANDS, official_conventions
 from backend.progress import Progress
-from backend.skysense_jobs import run_classify, run_prototypes
 from tests.backend.models.skysense.tiny import CLASSES, micro_config
 from tests.backend.test_skysense_jobs import BOX, UTM, _pattern, _write
 

@@ -30,8 +30,8 @@ from .prompt import SATELLITE_PROMPT, load_prompt_embedding
 if TYPE_CHECKING:
     from diffusers import AutoencoderKL, UNet2DConditionModel
 
+    from .backbone_config import BackboneConfig
     from .fast_path import CompiledBlocks
-    from .registry import BackboneConfig
 
 log = logging.getLogger("terrafuse.models")
 

@@ -23,14 +23,11 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ...errors import UserError
-
-if TYPE_CHECKING:
-    from .backbone import DiffusionBackbone
 
 log = logging.getLogger("terrafuse.models")
 
@@ -170,7 +167,20 @@ def compile_blocks(unet: torch.nn.Module, vae: torch.nn.Module | None = None, *,
     return blocks
 
 
-def prepare_backbone(backbone: DiffusionBackbone, settings: InferenceSettings) -> None:
+class PreparedBackbone(Protocol):
+    """What :func:`prepare_backbone` reads and sets on a backbone (:class:`.backbone.DiffusionBackbone`)."""
+
+    unet: torch.nn.Module
+    vae: torch.nn.Module
+    channels_last: bool
+    compiled: CompiledBlocks | None
+    sdpa_checked: bool
+
+    @property
+    def device(self) -> torch.device: ...
+
+
+def prepare_backbone(backbone: PreparedBackbone, settings: InferenceSettings) -> None:
     """Bring ``backbone`` to ``settings``: scaled-dot-product attention, the memory layout, and compiled
     blocks or not. Cheap when nothing changes, so every forward calls it (a cached backbone may have
     been prepared otherwise by an earlier job)."""

@@ -7,7 +7,6 @@ hub repository id (``owner/name``), in that order of precedence.
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -25,11 +24,11 @@ from ...hub.catalogue import (
 from ...hub.huggingface import fetch_snapshot, looks_like_repo_id
 from ...hub.paths import models_dir
 from .backbone import DiffusionBackbone, load_backbone_folder
+from .backbone_config import BackboneConfig
 from .bundled import BUNDLED_FOLDER, BUNDLED_NAME
 
 log = logging.getLogger("terrafuse.models")
 
-SOURCE_KINDS = ("folder", "hub", "zip")
 
 #: The files of a diffusers repository that a backbone needs; fp16 and EMA variants are never fetched.
 #: Weights are safetensors; a component that has only pickled ``.bin`` weights gets those (diffusers reads
@@ -42,31 +41,6 @@ HUB_ALLOW_PATTERNS = (
 )
 HUB_IGNORE_PATTERNS = ("*.fp16.*", "*non_ema*", "*.ema.*")
 _HUB_COMPONENTS = ("vae", "unet", "text_encoder")
-
-
-@dataclass(frozen=True)
-class BackboneConfig:
-    """A named backbone: where its files come from and how SatDiFuser uses it."""
-
-    name: str
-    source: str  # a folder, a hub repository id, or a zip file (absolute, or a name under models_dir())
-    source_kind: str  # one of SOURCE_KINDS
-    revision: str | None = None  # hub revision (branch, tag or commit)
-    timesteps: tuple[int, ...] = (1, 100, 200)  # SatDiFuser Sec. 4.2
-    tile_px: int = 512  # the resolution the model was trained at
-    #: The ground sample distance (m) of the imagery it was pretrained on, where that was one resolution:
-    #: train resamples to it by default (and the head records it). None: pretrained on many resolutions
-    #: (DiffusionSat, conditioned on the GSD; the bundled model) or on photographs (Stable Diffusion).
-    gsd_m: float | None = None
-    latent_downsampling: int = 8  # image pixels per latent pixel
-    prediction_type: str | None = None  # expected scheduler prediction type; None: whatever the scheduler says
-    homepage: str = ""
-    licence: str = ""
-    description: str = ""
-
-    def __post_init__(self) -> None:
-        if self.source_kind not in SOURCE_KINDS:
-            raise ValueError(f"unknown source kind {self.source_kind!r}")
 
 
 BACKBONES: dict[str, BackboneConfig] = {}

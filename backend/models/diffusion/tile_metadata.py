@@ -17,7 +17,7 @@ import numpy as np
 from rasterio.windows import Window
 
 from ...errors import UserError
-from ..skysense.dates import acquisition_date
+from ...raster.dates import acquisition_date
 from .metadata import TileMetadata, parse_date
 
 

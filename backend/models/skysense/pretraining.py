@@ -23,10 +23,10 @@ import torch
 from torch import Tensor, nn
 
 from ...progress import Progress
+from ...raster.sensors import COMMON_S2_SUBSETS
 from .ema import ema_update, make_teacher
 from .losses import DINOLoss, ProjectionHead, cross_modal_alignment, fine_grained_loss
 from .model import SkySense
-from .sensors import COMMON_S2_SUBSETS
 
 LEVELS = ("pix", "obj", "img")
 

@@ -53,7 +53,7 @@ def params(material: dict[str, Path], out: Path, **extra: Any) -> dict[str, Any]
 def single_machine_run(material: dict[str, Path], out: Path, chunk_px: int | None = None) -> Path:
     """The job in this process, on one thread (with ``chunk_px`` chunks: a chunk's last batch may hold
     fewer tiles, and a convolution's float sums may depend on the batch size)."""
-    from backend import segment as segment_module
+    from backend.jobs import segment as segment_module
 
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -187,7 +187,7 @@ def test_a_wrong_address_is_a_user_error() -> None:
 
 KILLED_DRIVER = """
 import json, os, sys
-from backend import segment
+from backend.jobs import segment
 from backend.progress import Progress
 from backend.worker import run_job
 
@@ -208,7 +208,7 @@ run_job("segment", params, Progress(kill_after_two_chunks, min_interval_s=0))
 @pytest.mark.slow
 def test_a_killed_driver_resumes_from_the_windows_written(material: dict[str, Path], tmp_path: Path,
                                                           monkeypatch: pytest.MonkeyPatch) -> None:
-    from backend import segment as segment_module
+    from backend.jobs import segment as segment_module
 
     out = tmp_path / "out"
     job = params(material, out, cluster="local", threads=1)  # one thread per actor, as the reference

@@ -13,8 +13,9 @@ import numpy as np
 import pytest
 import torch
 
-from backend.inference import predictor as predictor_module
-from backend.inference.predictor import LocalPredictor, TilePredictor, make_predictor
+from backend.inference import executor
+from backend.inference.executor import make_predictor
+from backend.inference.predictor import LocalPredictor, TilePredictor
 from backend.inference.tile_model import TileModelSpec
 
 
@@ -155,9 +156,9 @@ def test_make_predictor_hands_a_cluster_address_to_ray(monkeypatch: pytest.Monke
 
     monkeypatch.setitem(sys.modules, "backend.inference.cluster", types.SimpleNamespace(RayPredictor=FakeRay))
     spec = TileModelSpec("segment", {"model": "head", "backbone": None})
-    assert isinstance(predictor_module.make_predictor(spec, {"cluster": "ray://10.0.0.5:10001"}), FakeRay)
+    assert isinstance(executor.make_predictor(spec, {"cluster": "ray://10.0.0.5:10001"}), FakeRay)
     assert made == [(spec, "ray://10.0.0.5:10001", {"progress": None})]
     progress = object()
-    predictor_module.make_predictor(spec, {"cluster": "local", "actors": 3, "threads": 2, "in_flight": None},
-                                    progress=progress)
+    executor.make_predictor(spec, {"cluster": "local", "actors": 3, "threads": 2, "in_flight": None},
+                            progress=progress)
     assert made[-1] == (spec, "local", {"actors": 3, "threads": 2, "progress": progress})

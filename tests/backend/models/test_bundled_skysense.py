@@ -10,7 +10,7 @@ import pytest
 import torch
 from safetensors import safe_open
 
-from backend.hub.manager import read_checksums, tree_sha256
+from backend.jobs.model_manager import read_checksums, tree_sha256
 from backend.models.skysense import SkySense
 from backend.models.skysense.bundled import (
     BUNDLED_SKYSENSE_FOLDER,
@@ -22,7 +22,7 @@ from backend.models.skysense.bundled import (
 )
 from backend.models.skysense.config import S2_BANDS
 from backend.models.skysense.registry import bundled_skysense_folder
-from backend.models.skysense.sensors import LANDSAT_OLI_TO_S2
+from backend.raster.sensors import LANDSAT_OLI_TO_S2
 from backend.raster.stack import common_grid, modality_inputs, open_stack
 
 ROOT = Path(__file__).resolve().parents[3]

@@ -11,6 +11,7 @@ import pytest
 import rasterio
 import torch
 
+from backend.jobs.train_skysense import HeadOnFeatures
 from backend.models.segmenter import SatDiFuser
 from backend.models.skysense.heads import PixelClassifier
 from backend.progress import Progress
@@ -18,7 +19,6 @@ from backend.raster.labels import LabelSet, labels_on_raster, read_labels
 from backend.training.fewshot import LabelTiles, PackedPixels, cross_validate, train_on_split
 from backend.training.loop import TrainingSettings
 from backend.training.samples import label_tiles
-from backend.training.skysense_job import HeadOnFeatures
 from backend.training.split import spatial_folds
 from backend.worker import run_job
 from tests.backend.synthetic_features import random_features, tiny_feature_info

@@ -119,7 +119,7 @@ def test_the_most_uncertain_window_is_found(tmp_path: Path) -> None:
     import rasterio
     from rasterio.transform import from_origin
 
-    from backend.training.preview import most_uncertain_in_raster
+    from backend.jobs.train_preview import most_uncertain_in_raster
 
     scores = np.full((200, 300), 0.1, dtype=np.float32)
     scores[120:170, 200:250] = 0.9  # the region a new label would help most

@@ -10,7 +10,6 @@ import torch
 
 from backend.errors import UserError
 from backend.models.skysense import SkySense
-from backend.models.skysense.band_mapping import default_band_mapping
 from backend.models.skysense.config import S2_BANDS
 from backend.models.skysense.pretraining import (
     PretrainingSettings,
@@ -19,7 +18,8 @@ from backend.models.skysense.pretraining import (
     pretrain,
     student_view_bands,
 )
-from backend.models.skysense.sensors import LANDSAT_OLI_TO_S2, is_landsat, landsat_descriptions
+from backend.raster.band_mapping import default_band_mapping
+from backend.raster.sensors import LANDSAT_OLI_TO_S2, is_landsat, landsat_descriptions
 from tests.backend.models.skysense.tiny import make_inputs, micro_config
 
 #: Landsat OLI B2..B7 as Sentinel-2 reads them.

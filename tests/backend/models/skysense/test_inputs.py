@@ -7,9 +7,9 @@ import datetime
 import pytest
 
 from backend.errors import UserError
-from backend.models.skysense.band_mapping import canonical_band, default_band_mapping, map_bands
 from backend.models.skysense.config import S1_BANDS, S2_BANDS
-from backend.models.skysense.dates import acquisition_date, date_from_filename, date_from_metadata, day_of_year
+from backend.raster.band_mapping import canonical_band, default_band_mapping, map_bands
+from backend.raster.dates import acquisition_date, date_from_filename, date_from_metadata, day_of_year
 
 
 @pytest.mark.parametrize(("name", "expected"), [

@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from .progress import Progress
+from ..progress import Progress
 
 _PACKAGES = ("torch", "torchvision", "diffusers", "timm", "safetensors", "huggingface-hub", "rasterio",
              "pyogrio", "numpy")

@@ -45,24 +45,25 @@ from rasterio.features import geometry_mask
 from rasterio.vrt import WarpedVRT
 from rasterio.windows import Window
 
-from . import __version__
-from .errors import UserError
-from .inference.predictor import TilePredictor, make_predictor
-from .inference.tile_model import TileModelSpec, model_sha256
-from .progress import Progress
-from .raster.area import AreaOfInterest, area_window, covering_window, read_area
-from .raster.band_check import area_sample, check_bands
-from .raster.bands import BandNormalisation, parse_bands, percentile_normalisation, read_bands
-from .raster.blending import ScoreStrip, StripAccumulator, finished_row
-from .raster.chunks import chunk_windows, strip_windows, tiles_touching
-from .raster.inspect import open_raster
-from .raster.journal import fingerprint, input_facts
-from .raster.polygons import PolygonLayerWriter, StripPolygonizer
-from .raster.resample import WorkingGrid, recorded_gsd, resolve_gsd, working_grid
-from .raster.resume import ResumeStore
-from .raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml, write_style
-from .raster.tiles import blend_weights, tile_windows
-from .raster.writers import (
+from .. import __version__
+from ..errors import UserError
+from ..inference.executor import make_predictor
+from ..inference.predictor import TilePredictor
+from ..inference.tile_model import TileModelSpec, model_sha256
+from ..progress import Progress
+from ..raster.area import AreaOfInterest, area_window, covering_window, read_area
+from ..raster.band_check import area_sample, check_bands
+from ..raster.bands import BandNormalisation, parse_bands, percentile_normalisation, read_bands
+from ..raster.blending import ScoreStrip, StripAccumulator, finished_row
+from ..raster.chunks import chunk_windows, strip_windows, tiles_touching
+from ..raster.inspect import open_raster
+from ..raster.journal import fingerprint, input_facts
+from ..raster.polygons import PolygonLayerWriter, StripPolygonizer
+from ..raster.resample import WorkingGrid, recorded_gsd, resolve_gsd, working_grid
+from ..raster.resume import ResumeStore
+from ..raster.styles import categorized_polygons_qml, paletted_raster_qml, score_raster_qml, write_style
+from ..raster.tiles import blend_weights, tile_windows
+from ..raster.writers import (
     BLOCK_PX,
     CLASS_NODATA,
     SCORE_NODATA,
@@ -136,8 +137,8 @@ def working_gsd(gsd_m: float | None, config: Any) -> tuple[float | None, str]:
 
 
 def run_segment(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
-    from .models.diffusion.tile_metadata import head_tile_metadata
-    from .models.segmenter import read_config
+    from ..models.diffusion.tile_metadata import head_tile_metadata
+    from ..models.segmenter import read_config
 
     started_s = time.monotonic()
     config = read_config(params["model"])  # cheap checks before the backbone loads

@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 
-from ...errors import UserError
+from ..errors import UserError
 
 _S2 = re.compile(r"(?<![A-Za-z0-9])B(?:AND)?[\s_]*0*(\d{1,2}A?)(?![0-9])", re.IGNORECASE)
 _S1 = re.compile(r"(?<![A-Za-z])(VV|VH|HH|HV)(?![A-Za-z])", re.IGNORECASE)

@@ -79,7 +79,7 @@ def most_uncertain_in_raster(path: str | Path, window_px: int) -> dict[str, Any]
 def most_uncertain_tile(model: Any, samples: Sequence[Any], transform: rasterio.Affine, crs: CRS | None,
                         device: torch.device) -> dict[str, Any] | None:
     """The training tile whose valid pixels have the highest mean normalised entropy under the head."""
-    from .loop import _batch
+    from ..training.loop import _batch
 
     model.to(device).eval()
     best: tuple[float, Window] | None = None
@@ -121,7 +121,7 @@ def run_preview(params: dict[str, Any], head_folder: Path, area: Window, raster_
     ``{"preview": <segment result>}`` plus ``most_uncertain`` when the segment job wrote an uncertainty
     raster."""
     from .. import jobs
-    from ..segment import run_segment
+    from .segment import run_segment
 
     out = Path(params["preview_out"]) if params["preview_out"] else Path(head_folder) / PREVIEW_SUBFOLDER
     spec = jobs.get("segment")

@@ -1,7 +1,7 @@
 """The ``series`` job: what the dock's date table shows before a SkySense job runs.
 
 For every raster of a high-resolution image, a Sentinel-2 and a Sentinel-1 series it reads the date
-(metadata tags, else the file name; :mod:`backend.models.skysense.dates`) and the bands the chosen model's
+(metadata tags, else the file name; :mod:`backend.raster.dates`) and the bands the chosen model's
 encoder takes,
 and says what would stop the job: no CRS, missing bands, no date, rasters that do not overlap. The same
 functions check the inputs when the job itself runs (:func:`backend.raster.stack.modality_inputs`), so the
@@ -12,10 +12,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .errors import UserError
-from .progress import Progress
-from .raster.stack import MODALITY_NAMES, ModalityInputs, common_grid, default_grid_gsd_m, raster_inputs, split_list
-from .skysense_jobs import model_config
+from ..errors import UserError
+from ..models.skysense.loading import model_config
+from ..progress import Progress
+from ..raster.stack import MODALITY_NAMES, ModalityInputs, common_grid, default_grid_gsd_m, raster_inputs, split_list
 
 
 def run_series(params: dict[str, Any], progress: Progress) -> dict[str, Any]:

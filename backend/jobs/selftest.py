@@ -9,8 +9,8 @@ import subprocess  # nosec B404
 import time
 from typing import Any
 
+from ..progress import Progress
 from .info import run_info
-from .progress import Progress
 
 
 def nvidia_smi_banner() -> str | None:

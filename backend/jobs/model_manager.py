@@ -18,8 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import UserError
-from ..progress import Progress
-from .catalogue import (
+from ..hub.catalogue import (
     BUNDLED_MODELS_DIR,
     CATALOGUE,
     ModelEntry,
@@ -33,8 +32,9 @@ from .catalogue import (
     release_hosts,
     release_url,
 )
-from .download import Checksums, download_file
-from .paths import models_dir
+from ..hub.download import Checksums, download_file
+from ..hub.paths import models_dir
+from ..progress import Progress
 
 log = logging.getLogger("terrafuse.hub")
 
@@ -105,7 +105,7 @@ def _offline(offline: bool) -> bool:
 
 def _hub_cache(entry: ModelEntry) -> Path | None:
     """The snapshot of a hub model in huggingface-hub's cache, without any network request."""
-    from .huggingface import fetch_snapshot
+    from ..hub.huggingface import fetch_snapshot
 
     try:
         return fetch_snapshot(entry.source, allow_patterns=entry.allow_patterns, offline=True)
@@ -155,7 +155,7 @@ def action_list(root: Path) -> dict[str, Any]:
 def action_info(entry: ModelEntry, root: Path, offline: bool) -> dict[str, Any]:
     data = describe(entry, root)
     if entry.kind == "zip" and not _offline(offline):
-        from .zenodo import record_file
+        from ..hub.zenodo import record_file
 
         remote = record_file(entry.source, key=entry.zenodo_key)
         data.update({"size_mb": round(remote.size_b / 1e6, 1), "published_md5": remote.md5,
@@ -233,9 +233,9 @@ def _verified_against(entry: ModelEntry) -> list[str]:
 
 def _download_zip(entry: ModelEntry, root: Path, target_dir: Path, progress: Progress,
                   unverified: bool) -> dict[str, Any]:
+    from ..hub.archives import extract_zip
+    from ..hub.zenodo import record_file, zenodo_hosts
     from ..models.diffusion.layout import find_layout
-    from .archives import extract_zip
-    from .zenodo import record_file, zenodo_hosts
 
     hosts = zenodo_hosts(entry.hosts)
     remote = record_file(entry.source, key=entry.zenodo_key, hosts=hosts)
@@ -267,7 +267,7 @@ def _download_zip(entry: ModelEntry, root: Path, target_dir: Path, progress: Pro
 
 def _download_hub(entry: ModelEntry, root: Path, target_dir: Path, progress: Progress,
                   unverified: bool) -> dict[str, Any]:
-    from .huggingface import fetch_snapshot
+    from ..hub.huggingface import fetch_snapshot
 
     cache = target_dir / "huggingface" if target_dir != models_dir() else None
     folder = fetch_snapshot(entry.source, revision=entry.revision, allow_patterns=entry.allow_patterns,
@@ -377,7 +377,7 @@ def action_import(entry: ModelEntry, source: Path | None, root: Path, progress: 
 
 
 def _import_zip(entry: ModelEntry, source: Path, root: Path, progress: Progress, offline: bool) -> dict[str, Any]:
-    from .archives import extract_zip
+    from ..hub.archives import extract_zip
 
     progress.update(0, 2, f"hashing {source.name}")
     sha256, md5 = _sha256(source), _md5(source)
@@ -387,7 +387,7 @@ def _import_zip(entry: ModelEntry, source: Path, root: Path, progress: Progress,
             raise UserError(f"{source.name} does not match {entry.name}'s sha256: another or a corrupt file")
         checked.append("sha256 (catalogue)")
     if entry.kind == "zip" and not _offline(offline):
-        from .zenodo import record_file
+        from ..hub.zenodo import record_file
 
         try:
             remote = record_file(entry.source, key=entry.zenodo_key, timeout_s=10)

@@ -32,17 +32,18 @@ from torch.nn import functional as F  # noqa: N812
 from ..errors import UserError
 from ..models.band_context import DEFAULT_SPREAD_PX, DEFAULT_WINDOWS_PX, BandContextBranch, prefit_branch
 from ..models.skysense import SkySense
+from ..models.skysense.loading import LoadedModel, load_model
 from ..models.skysense.model import cell_band_context
 from ..progress import Progress
 from ..raster.band_check import modality_band_statistics
 from ..raster.labels import NO_LABEL, LabelSet, labels_on_raster, rasterize_features, read_labels
 from ..raster.stack import InputStack
-from ..skysense_jobs import LoadedModel, load_model, prepare_stack
-from .feature_cache import FeatureCache, raster_identity, tile_key
-from .fewshot import LabelTiles, PackedPixels, cross_validate, epoch_progress
-from .loop import TrainingSettings
-from .samples import TileSample, check_labels, check_training_pixels
-from .split import SpatialFolds, check_block_m, spatial_folds
+from ..training.feature_cache import FeatureCache, raster_identity, tile_key
+from ..training.fewshot import LabelTiles, PackedPixels, cross_validate, epoch_progress
+from ..training.loop import TrainingSettings
+from ..training.samples import TileSample, check_labels, check_training_pixels
+from ..training.split import SpatialFolds, check_block_m, spatial_folds
+from .skysense import prepare_stack
 
 #: Fewer labels than this in all cannot be split into training and validation.
 MIN_LABELS = 2

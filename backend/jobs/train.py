@@ -20,17 +20,25 @@ import numpy as np
 import torch
 
 from ..errors import UserError
+from ..inference.device import default_device
 from ..models.band_context import BandContextConfig, band_context
 from ..progress import Progress
 from ..raster.band_check import band_statistics
 from ..raster.bands import BandNormalisation, parse_bands
 from ..raster.inspect import open_raster
 from ..raster.labels import labels_on_raster, read_labels
-from .feature_cache import FeatureCache, raster_identity, tile_key
-from .fewshot import LabelTiles, cross_validate, epoch_progress
-from .loop import TrainingSettings
-from .samples import TileSample, check_labels, check_training_pixels, label_tiles, raster_normalisation, training_source
-from .split import SpatialFolds, check_block_m, spatial_folds
+from ..training.feature_cache import FeatureCache, raster_identity, tile_key
+from ..training.fewshot import LabelTiles, cross_validate, epoch_progress
+from ..training.loop import TrainingSettings
+from ..training.samples import (
+    TileSample,
+    check_labels,
+    check_training_pixels,
+    label_tiles,
+    raster_normalisation,
+    training_source,
+)
+from ..training.split import SpatialFolds, check_block_m, spatial_folds
 
 #: The smallest tile the UNet takes: 8 latent pixels times 3 downsamplings (64 px for Stable Diffusion).
 MIN_TILE_PX = 64
@@ -41,10 +49,6 @@ MIN_LABELS = 2
 #: generalises better from a few polygons.
 UPERNET_MIN_LABELLED_PX = 4 * 256 * 256
 NORMALISATION_NOTE = "per-band 2nd-98th percentile over the whole raster (decimated read), scaled to [-1, 1]"
-
-
-def default_device() -> torch.device:
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def parse_timesteps(text: str) -> tuple[int, ...]:
@@ -265,12 +269,12 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     }
     train_done_s = time.monotonic() - started_s
     if params["preview"]:
-        from .preview import run_preview
+        from .train_preview import run_preview
 
         result.update(run_preview(params, folder, setup.area, setup.raster_hw, setup.raster_crs,
                                   setup.raster_transform, setup.tile_px, progress))
     if "most_uncertain" not in result:
-        from .preview import most_uncertain_tile
+        from .train_preview import most_uncertain_tile
 
         result["most_uncertain"] = most_uncertain_tile(model, samples, setup.raster_transform, setup.raster_crs,
                                                        setup.device)

@@ -4,7 +4,8 @@
 The command line (:mod:`backend.__main__`), the worker (:mod:`backend.worker`) and the plugin's
 Processing algorithms are all generated from these specs. This module uses the standard library
 only: the plugin imports it to build its algorithms without pulling in numpy or torch, and each
-job's function is imported lazily, the first time the job runs.
+job's function is imported lazily, the first time the job runs, from its module in this package
+(``backend.jobs.<job>``: one module per job or family of jobs; docs/architecture.md, "Layers of the backend").
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import importlib
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from .errors import UserError
+from ..errors import UserError
 
 #: Parameter kinds. Paths travel as strings; pixels never travel through the pipe.
 PARAM_KINDS = (
@@ -273,13 +274,14 @@ def load_extra(module_names: list[str]) -> None:
         importlib.import_module(module_name)
 
 
-# The built-in jobs. Later capabilities add their spec here, next to their parameters.
+# The built-in jobs. Later capabilities add their spec here, next to their parameters, and their run function in a
+# module of this package.
 register(
     JobSpec(
         name="info",
         title="Backend information",
         help="Python, torch and CUDA versions; the devices with their names and free memory.",
-        target="backend.info:run_info",
+        target="backend.jobs.info:run_info",
         group="Diagnostics",
     )
 )
@@ -290,7 +292,7 @@ register(
         title="Backend self-test",
         help=("The device the models will use, a matrix product and a tiny backbone forward on it with their "
               "speed, and the likely cause when a GPU is present but torch cannot use it."),
-        target="backend.selftest:run_selftest",
+        target="backend.jobs.selftest:run_selftest",
         params=(
             Param("matrix_n", "int", "Size of the square matrices multiplied", 1024),
             Param("batch", "int", "Images in the backbone's batch", 4),
@@ -307,7 +309,7 @@ register(
             "CRS, resolution in metres, size and, for each band, dtype, nodata and percentile "
             "statistics over the area (or the whole raster)."
         ),
-        target="backend.raster.inspect:run_inspect",
+        target="backend.jobs.inspect:run_inspect",
         params=(
             Param("image", "raster", "Raster file to inspect", positional=True),
             Param("aoi", "vector", "Area of interest (polygons, any CRS); the whole raster when omitted", None),
@@ -339,7 +341,7 @@ register(
             "on every label (head.safetensors and config.json), and an optional preview maps the area with an "
             "uncertainty map."
         ),
-        target="backend.training.job:run_train",
+        target="backend.jobs.train:run_train",
         params=(
             Param("image", "raster", "Raster under the labels"),
             Param("labels", "vector", "Labels layer (GeoPackage; field class_name, optionally class_id, colour)"),
@@ -408,7 +410,7 @@ register(
             "classes.tif (uint8, palette, nodata 255, class table), confidence.tif, optionally uncertainty.tif, "
             "classes.gpkg (class_id, class_name, area_m2, mean_confidence) and their QGIS styles."
         ),
-        target="backend.segment:run_segment",
+        target="backend.jobs.segment:run_segment",
         params=(
             Param("image", "raster", "Raster to classify"),
             Param("model", "folder", "Head folder written by train (head.safetensors + config.json)", label="Head"),
@@ -456,7 +458,7 @@ register(
             "published checksum; verify: re-hash what is installed; import: a local folder or archive "
             "(offline use; SkySense's files are converted)."
         ),
-        target="backend.hub.manager:run_models",
+        target="backend.jobs.model_manager:run_models",
         params=(
             Param("action", "choice", "What to do", choices=("list", "info", "download", "verify", "import"),
                   positional=True),
@@ -505,7 +507,7 @@ register(
             "confidence.tif and, for polygons such as fields, classes.gpkg with each polygon's class and top-k "
             "probabilities."
         ),
-        target="backend.skysense_jobs:run_classify",
+        target="backend.jobs.classify:run_classify",
         params=_SKYSENSE_INPUTS + (
             Param("polygons", "vector", "Polygons (e.g. fields) that each get one class and top-k probabilities",
                   None, label="Fields (polygons)", group="essential"),
@@ -529,7 +531,7 @@ register(
             "then file name), its bands, and what would stop a SkySense job (no CRS, missing bands, no date, "
             "rasters that do not overlap). What the dock's date table shows."
         ),
-        target="backend.skysense_series:run_series",
+        target="backend.jobs.series:run_series",
         params=tuple(p for p in _SKYSENSE_INPUTS if p.name in ("model", "hr", "s2", "s2_bands", "s1", "s1_bands",
                                                               "grid_gsd_m")),
         group="SkySense",
@@ -549,7 +551,7 @@ register(
             "every band of every date is scored on the same folds as a baseline; the head saved with the model "
             "(a SkySense folder for the classify task) is then trained on every label."
         ),
-        target="backend.training.skysense_job:run_train_skysense",
+        target="backend.jobs.train_skysense:run_train_skysense",
         params=tuple(p for p in _SKYSENSE_INPUTS if p.name != "out") + (
             Param("labels", "vector", "Labels layer (GeoPackage; field class_name, optionally class_id, colour)"),
             Param("out", "output_folder", "Folder the SkySense model with its trained head is saved into"),
@@ -584,7 +586,7 @@ register(
             "prototypes.json (palette, nearest class per prototype). Optionally learns the prototypes on the "
             "area first (Sinkhorn-Knopp assignment, EMA update) and saves the model."
         ),
-        target="backend.skysense_jobs:run_prototypes",
+        target="backend.jobs.prototypes:run_prototypes",
         params=_SKYSENSE_INPUTS + (
             Param("learn", "choice", "Learn the prototypes on the area before mapping", "none",
                   choices=("none", "prototypes")),
