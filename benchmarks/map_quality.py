@@ -185,7 +185,8 @@ def skysense_inputs(scene: Scene) -> dict[str, Any]:
     names = [b.lower() for b in scene.info["bands"]]
     landsat = "landsat" in scene.info["sensor"].lower()
     if not landsat and "sentinel-2" not in scene.info["sensor"].lower() and "nir" not in names:
-        return {"hr": scene.image}
+        # One band (panchromatic) is read as grey RGB, as a user would map it in the band table.
+        return {"hr": scene.image, "hr_bands": "1,1,1"} if len(names) == 1 else {"hr": scene.image}
     table = {k.lower(): v for k, v in (LANDSAT_OLI_TO_S2 if landsat else {}).items()}
     table.update(LANDSAT_NAMED if landsat else NAMED_S2)
     s2_names = [table.get(n) or ("B" + n[1:].lstrip("0").upper() if n.startswith("b") else None) for n in names]
