@@ -32,6 +32,7 @@ from ..hub.catalogue import (
     release_hosts,
     release_url,
 )
+from ..hub.checksums import file_sha256
 from ..hub.download import Checksums, download_file
 from ..hub.paths import models_dir
 from ..progress import Progress
@@ -49,13 +50,6 @@ SKYSENSE_PARTS = {
 _HEX64 = frozenset("0123456789abcdef")
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(8 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
-
 
 def _md5(path: Path) -> str:
     digest = hashlib.md5(usedforsecurity=False)
@@ -72,7 +66,7 @@ def tree_sha256(folder: Path, progress: Progress | None = None) -> dict[str, str
     for i, path in enumerate(files):
         if progress is not None:
             progress.update(i, len(files), f"hashing {path.name}")
-        result[path.relative_to(folder).as_posix()] = _sha256(path)
+        result[path.relative_to(folder).as_posix()] = file_sha256(path)
     return result
 
 
@@ -204,7 +198,7 @@ def _download_bundled(entry: ModelEntry, root: Path, progress: Progress, offline
         shutil.copytree(own, folder, dirs_exist_ok=True, ignore=shutil.ignore_patterns("terrafuse_*"))
         for i, (relpath, sha256, size_b) in enumerate(entry.release_files):
             done = folder / relpath
-            if done.is_file() and _sha256(done) == sha256:
+            if done.is_file() and file_sha256(done) == sha256:
                 continue
             progress.update(i, len(entry.release_files), f"downloading {entry.name}: {relpath}")
             # Kept beside the target between runs, so that an interrupted download resumes.
@@ -293,7 +287,7 @@ def _verify_hub_snapshot(folder: Path) -> tuple[int, list[str]]:
         blob = path.resolve().name
         if len(blob) == 64 and set(blob) <= _HEX64:
             checked += 1
-            if _sha256(path) != blob:
+            if file_sha256(path) != blob:
                 problems.append(f"{path.relative_to(folder)} does not match its sha256")
     return checked, problems
 
@@ -311,7 +305,7 @@ def action_verify(entry: ModelEntry, root: Path, progress: Progress) -> dict[str
                     if actual.get(name) != sha]
         checked = len(expected)
     elif path.is_file():
-        actual_sha = _sha256(path)
+        actual_sha = file_sha256(path)
         checked = 1
         for where, sha in (("the catalogue", entry.sha256), ("the download or import", record.get("sha256"))):
             if sha and sha != actual_sha:
@@ -380,7 +374,7 @@ def _import_zip(entry: ModelEntry, source: Path, root: Path, progress: Progress,
     from ..hub.archives import extract_zip
 
     progress.update(0, 2, f"hashing {source.name}")
-    sha256, md5 = _sha256(source), _md5(source)
+    sha256, md5 = file_sha256(source), _md5(source)
     checked = []
     if entry.sha256:
         if sha256 != entry.sha256:

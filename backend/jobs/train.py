@@ -11,7 +11,6 @@ uncertainty.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from ..raster.bands import BandNormalisation, parse_bands
 from ..raster.inspect import open_raster
 from ..raster.labels import labels_on_raster, read_labels
 from ..training.feature_cache import FeatureCache, raster_identity, tile_key
-from ..training.fewshot import LabelTiles, cross_validate, epoch_progress
+from ..training.fewshot import FewShotSetup, LabelTiles, cross_validate, epoch_progress
 from ..training.loop import TrainingSettings
 from ..training.samples import (
     TileSample,
@@ -38,7 +37,7 @@ from ..training.samples import (
     raster_normalisation,
     training_source,
 )
-from ..training.split import SpatialFolds, check_block_m, spatial_folds
+from ..training.split import check_block_m, spatial_folds
 
 #: The smallest tile the UNet takes: 8 latent pixels times 3 downsamplings (64 px for Stable Diffusion).
 MIN_TILE_PX = 64
@@ -102,16 +101,9 @@ def tile_features(samples: list[Any], keys: list[str], cache: FeatureCache, extr
 
 
 @dataclass
-class TrainingSetup:
-    """What ``train`` hands the few-shot trainer, and what its result reports: the label tiles with their
-    features, the folds, a maker of fresh models, the settings."""
+class TrainingSetup(FewShotSetup):
+    """What ``train`` hands the few-shot trainer, and what its result reports."""
 
-    tiles: LabelTiles
-    folds: SpatialFolds
-    classes: list[dict[str, Any]]
-    new_model: Callable[[], Any]
-    settings: TrainingSettings
-    device: torch.device
     head: str
     tile_px: int
     train_px: np.ndarray

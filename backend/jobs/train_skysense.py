@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -39,10 +39,10 @@ from ..raster.band_check import modality_band_statistics
 from ..raster.labels import NO_LABEL, LabelSet, labels_on_raster, rasterize_features, read_labels
 from ..raster.stack import InputStack
 from ..training.feature_cache import FeatureCache, raster_identity, tile_key
-from ..training.fewshot import LabelTiles, PackedPixels, cross_validate, epoch_progress
+from ..training.fewshot import FewShotSetup, LabelTiles, PackedPixels, cross_validate, epoch_progress
 from ..training.loop import TrainingSettings
 from ..training.samples import TileSample, check_labels, check_training_pixels
-from ..training.split import SpatialFolds, check_block_m, spatial_folds
+from ..training.split import check_block_m, spatial_folds
 from .skysense import prepare_stack
 
 #: Fewer labels than this in all cannot be split into training and validation.
@@ -158,16 +158,9 @@ def label_samples(stack: InputStack, model: SkySense, labels: LabelSet, area: Wi
 
 
 @dataclass
-class SkySenseTrainingSetup:
-    """What ``train-skysense`` hands the few-shot trainer (the attributes SatDiFuser's setup has too) and
-    what its result reports."""
+class SkySenseTrainingSetup(FewShotSetup):
+    """What ``train-skysense`` hands the few-shot trainer, and what its result reports."""
 
-    tiles: PackedPixels
-    folds: SpatialFolds
-    classes: list[dict[str, Any]]
-    new_model: Callable[[], HeadOnFeatures]
-    settings: TrainingSettings
-    device: torch.device
     loaded: LoadedModel
     modalities: list[Any]
     normalisation: dict[str, Any]

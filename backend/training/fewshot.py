@@ -160,6 +160,19 @@ class PackedPixels:
         return self._pack(self.tiles.targets(use, exclude_use), IGNORE)
 
 
+@dataclass
+class FewShotSetup:
+    """What a job hands the trainer (:func:`cross_validate`, or a benchmark's :func:`train_on_split`): the
+    label tiles with their features, the folds, a maker of fresh heads, the classes and the settings."""
+
+    tiles: LabelTiles | PackedPixels
+    folds: SpatialFolds
+    classes: list[dict[str, Any]]
+    new_model: Callable[[], FewShotHead]
+    settings: TrainingSettings
+    device: torch.device
+
+
 def train_on_split(tiles: LabelTiles | PackedPixels, held_out: np.ndarray, new_head: Callable[[], FewShotHead],
                    settings: TrainingSettings, device: torch.device, block_m: float,
                    on_epoch: Callable[[int, float], None] | None = None) -> tuple[FewShotHead, TrainingHistory]:

@@ -4,7 +4,6 @@ share."""
 
 from __future__ import annotations
 
-import hashlib
 import json
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +11,7 @@ from pathlib import Path
 import torch
 
 from ...errors import UserError
+from ...hub.checksums import file_sha256
 from .config import SkySenseConfig
 from .model import CONFIG_NAME, WEIGHTS_NAME, SkySense
 from .registry import BUNDLED_SKYSENSE, bundled_skysense_folder, create_skysense, list_skysense, skysense_config
@@ -24,13 +24,6 @@ class LoadedModel:
     checkpoint_sha256: str | None
     warnings: list[str]
 
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        while chunk := stream.read(8 * 2**20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def resolve_model(spec: str) -> Path | str:
@@ -71,7 +64,7 @@ def load_model(spec: str, seed: int) -> LoadedModel:
         if base in list_skysense() and not model.config.training.get("base_checkpoint_sha256"):
             warnings.append(f"The head of this model was trained on the features of '{base}' with random weights: "
                             "it separates the classes it was shown, but a pretrained SkySense maps far better")
-        return LoadedModel(model, str(folder.resolve()), _sha256(folder / WEIGHTS_NAME), warnings)
+        return LoadedModel(model, str(folder.resolve()), file_sha256(folder / WEIGHTS_NAME), warnings)
     torch.manual_seed(seed)
     model = create_skysense(spec).eval()
     return LoadedModel(model, spec, None, [f"The model '{spec}' was built with random weights: its outputs show "
