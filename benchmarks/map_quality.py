@@ -18,6 +18,8 @@ Paths:
   local means and spread, :mod:`backend.models.band_context`): what the context adds without a backbone;
 - ``satdifuser``: the ``train`` job's defaults (features from the bundled diffusion backbone, its head, the
   band context when on by default); ``satdifuser-paper``: the same without the band context (the paper's head);
+  ``satdifuser-inversion``: the default with the features read as the paper reads them (``--inversion paper``:
+  the UNet at t on the DDIM-inverted z_t) instead of the fast reuse of the inversion's own calls;
 - ``skysense``: the ``train-skysense`` job's defaults on the bundled SkySense, where the model reads the
   scene's sensor; ``skysense-paper``: the same without the band context (the linear head on F_fus alone).
 
@@ -53,7 +55,8 @@ from backend.training.metrics import confusion_matrix, segmentation_metrics  # n
 from backend.training.split import spatial_folds  # noqa: E402
 
 SCENES = ROOT / "benchmarks" / "scenes"
-PATHS = ("rf", "linear", "band-context", "satdifuser", "satdifuser-paper", "skysense", "skysense-paper")
+PATHS = ("rf", "linear", "band-context", "satdifuser", "satdifuser-paper", "satdifuser-inversion", "skysense",
+         "skysense-paper")
 
 
 @dataclass(frozen=True)
@@ -167,11 +170,12 @@ class FewShotPath:
                    np.zeros((size, size), dtype=np.int64))
 
 
-def satdifuser_path(scene: Scene, band_context: bool, cache_dir: str | None) -> FewShotPath:
+def satdifuser_path(scene: Scene, band_context: bool, cache_dir: str | None, inversion: str = "reuse") -> FewShotPath:
     from backend.jobs.train import prepare_train
 
     params = job_defaults("train", image=scene.image, labels=scene.labels, out="", preview=False,
-                          hold_out_block_m=scene.block_m, band_context=band_context, cache_dir=cache_dir)
+                          hold_out_block_m=scene.block_m, band_context=band_context, cache_dir=cache_dir,
+                          inversion=inversion)
     return FewShotPath(prepare_train, params)
 
 
@@ -222,6 +226,8 @@ def run_scene(scene: Scene, ks: list[int], seeds: int, paths: list[str], cache_d
         few_shot["satdifuser"] = satdifuser_path(scene, True, cache_dir)
     if "satdifuser-paper" in paths:
         few_shot["satdifuser-paper"] = satdifuser_path(scene, False, cache_dir)
+    if "satdifuser-inversion" in paths:
+        few_shot["satdifuser-inversion"] = satdifuser_path(scene, True, cache_dir, inversion="paper")
     for path, context in (("skysense", True), ("skysense-paper", False)):
         if path in paths:
             few_shot[path] = skysense_path(scene, context, cache_dir)
