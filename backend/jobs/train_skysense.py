@@ -259,6 +259,7 @@ def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, 
     progress.update(total, total, f"done. {trained.verdict()}")
     return {
         "model": str(Path(folder).resolve()), "classes": setup.classes, "metrics": metrics, "baseline": baseline,
+        "band_context": model.band_branch is not None,
         "comparison": trained.comparison, "validation": trained.validation,
         "cache": {"tiles_total": setup.samples, "tiles_computed": setup.computed,
                   "tiles_cached": setup.samples - setup.computed, "folder": setup.cache_folder},

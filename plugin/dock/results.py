@@ -131,6 +131,9 @@ def metrics_html(result: Dict[str, Any]) -> str:
     how = _how_validated(metrics)
     if how:
         parts.append(f"<p>{html.escape(how)}</p>")
+    if result.get("band_context"):
+        parts.append("<p><small>The head reads every band of the raster and its local context beside the "
+                     "model's features (\u201cBands beside features\u201d, on by default).</small></p>")
     per_class = metrics.get("per_class") or []
     if per_class:
         with_labels = any("held_out_labels" in c for c in per_class)
