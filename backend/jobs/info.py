@@ -15,6 +15,14 @@ _PACKAGES = ("torch", "torchvision", "diffusers", "timm", "safetensors", "huggin
              "pyogrio", "numpy")
 
 
+def package_version(name: str) -> str:
+    """The installed version of a distribution, or "" when it is not installed (what provenance records)."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return ""
+
+
 def package_versions() -> dict[str, str | None]:
     versions: dict[str, str | None] = {}
     for name in _PACKAGES:

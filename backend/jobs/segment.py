@@ -33,7 +33,6 @@ import time
 from collections import deque
 from collections.abc import Iterator
 from contextlib import ExitStack
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -72,6 +71,7 @@ from ..raster.writers import (
     open_score_raster,
     write_attribute_table,
 )
+from .info import package_version
 
 LOG = logging.getLogger("terrafuse.segment")
 CLASS_RASTER_NAME = "classes.tif"
@@ -119,13 +119,7 @@ def check_raster(src: rasterio.io.DatasetReader) -> None:
 
 
 def _versions() -> dict[str, str]:
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return ""
-
-    return {"terrafuse": __version__, "torch": torch.__version__, "diffusers": version("diffusers"),
+    return {"terrafuse": __version__, "torch": torch.__version__, "diffusers": package_version("diffusers"),
             "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__}
 
 

@@ -17,7 +17,6 @@ import platform
 from collections import deque
 from collections.abc import Iterator
 from dataclasses import dataclass
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +48,7 @@ from ..raster.stack import (
     open_stack,
     split_list,
 )
+from .info import package_version
 
 CLASS_NODATA = 255
 SCORE_NODATA = -1.0
@@ -279,14 +279,8 @@ def colour_table(entries: list[dict[str, Any]], size: int) -> dict[int, tuple[in
 
 
 def _versions() -> dict[str, str]:
-    def version(name: str) -> str:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return ""
-
     return {"terrafuse": __version__, "python": platform.python_version(), "torch": torch.__version__,
-            "timm": version("timm"), "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__}
+            "timm": package_version("timm"), "rasterio": rasterio.__version__, "gdal": rasterio.__gdal_version__}
 
 
 def job_provenance(job: str, loaded: LoadedModel, params: dict[str, Any], stack: InputStack,
