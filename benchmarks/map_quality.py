@@ -35,7 +35,7 @@ import platform
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,7 +49,7 @@ from backend.jobs import get as get_job  # noqa: E402
 from backend.jobs.info import cpu_name  # noqa: E402
 from backend.progress import Progress  # noqa: E402
 from backend.training.baseline import random_forest_confusion  # noqa: E402
-from backend.training.fewshot import train_on_split  # noqa: E402
+from backend.training.fewshot import confusion_of, train_on_split  # noqa: E402
 from backend.training.loop import predict_cached  # noqa: E402
 from backend.training.metrics import confusion_matrix, segmentation_metrics  # noqa: E402
 from backend.training.split import spatial_folds  # noqa: E402
@@ -132,8 +132,7 @@ def band_context_confusion(tiles: Any, train: list[np.ndarray], test: list[np.nd
     prefit_branch(branch, contexts, train, class_weights(train, size), torch.device("cpu"))
     with torch.no_grad():
         predictions = [branch(c).argmax(1)[0].numpy() for c in contexts]
-    return sum((confusion_matrix(t, p, size) for t, p in zip(test, predictions)),
-               np.zeros((size, size), dtype=np.int64))
+    return confusion_of(predictions, test, size)
 
 
 def linear_confusion(values: list[np.ndarray], train: list[np.ndarray], test: list[np.ndarray], size: int,
@@ -161,13 +160,11 @@ class FewShotPath:
 
     def confusion(self, training: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
         s = self.setup
-        settings = s.settings.__class__(**{**s.settings.__dict__, "seed": seed})
+        settings = replace(s.settings, seed=seed)
         head, _ = train_on_split(s.tiles, ~training, s.new_model, settings, s.device, s.folds.block_m)
         predictions = predict_cached(head, s.tiles.features, s.tiles.image_hw, s.device)
         targets = s.tiles.targets(test, exclude_use=~test)
-        size = len(s.classes)
-        return sum((confusion_matrix(t, p, size) for t, p in zip(targets, predictions)),
-                   np.zeros((size, size), dtype=np.int64))
+        return confusion_of(predictions, targets, len(s.classes))
 
 
 def satdifuser_path(scene: Scene, band_context: bool, cache_dir: str | None, inversion: str = "reuse") -> FewShotPath:

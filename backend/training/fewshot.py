@@ -193,7 +193,8 @@ def train_on_split(tiles: LabelTiles | PackedPixels, held_out: np.ndarray, new_h
     return head, history
 
 
-def _confusion_of(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray], size: int) -> np.ndarray:
+def confusion_of(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray], size: int) -> np.ndarray:
+    """The (size, size) confusion matrix of tiles' predictions against their targets (negative: left out)."""
     return sum((confusion_matrix(t, p, size) for t, p in zip(targets, predictions)),
                np.zeros((size, size), dtype=np.int64))
 
@@ -227,7 +228,7 @@ def cross_validate(tiles: LabelTiles | PackedPixels, folds: SpatialFolds, classe
             training = tiles.targets(~held_out, exclude_use=held_out)
             baseline_confusion = random_forest_confusion(tiles.band_values, training, validation, size,
                                                          seed=settings.seed)
-        runs.append(FoldRun(history, _confusion_of(predictions, validation, size), baseline_confusion,
+        runs.append(FoldRun(history, confusion_of(predictions, validation, size), baseline_confusion,
                             folds.validated(f)))
 
     statement = describe(folds)
@@ -255,7 +256,7 @@ def cross_validate(tiles: LabelTiles | PackedPixels, folds: SpatialFolds, classe
 
     all_targets = tiles.targets(every_label)
     history = train_decoder(head, tiles.features, all_targets, settings, device, final_epoch, epochs_to_run=budget)
-    fitted = segmentation_metrics(_confusion_of(predict_cached(head, tiles.features, tiles.image_hw, device),
+    fitted = segmentation_metrics(confusion_of(predict_cached(head, tiles.features, tiles.image_hw, device),
                                                 all_targets, size), classes)
     metrics.update({"scheme": folds.scheme, "summary": _summary(statement, metrics),
                     "training_labels": int(len(ids)),
