@@ -303,7 +303,9 @@ def _grid_cells(params: dict[str, Any]) -> int:
     """Cells of the common grid at ``grid_gsd_m`` over the largest input raster (an upper bound)."""
     series = [p for key in _INPUT_LISTS for p in str(params.get(key) or "").split(",") if p.strip()]
     if not params.get("grid_gsd_m") and params.get("hr") and not series:
-        return _raster_pixels(params["hr"]) // 16  # a high-resolution image alone: cells of 4 x 4 of its pixels
+        from .raster.stack import HR_ALONE_PIXELS_PER_CELL  # a high-resolution image alone: cells of its pixels
+
+        return _raster_pixels(params["hr"]) // HR_ALONE_PIXELS_PER_CELL**2
     gsd = float(params.get("grid_gsd_m") or 10.0)
     paths = [params.get("hr")] + series
     return max([_cells_of(str(p).strip(), gsd) for p in paths if p and str(p).strip()] or [0])

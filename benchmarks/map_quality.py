@@ -9,7 +9,7 @@ each scene and seed, the labels are split in two by the product's own spatial fo
 with two folds, blocks of the scene's ``hold_out_block_m``): the first fold's labels are the test labels,
 and K labels per class are drawn from the other fold as the training labels. Every path trains on exactly
 those training labels and is scored once on the test labels' pixels; nothing is chosen on the test labels
-(the few-shot heads stop early on an inner split of their training labels, as in the product).
+(the few-shot heads' epochs are chosen on inner folds of their training labels, as in the product).
 
 Paths:
 - ``rf``: a per-pixel random forest on every band (the product's baseline, as SCP or dzetsaka classify);
@@ -89,10 +89,17 @@ def load_scenes(names: list[str] | None, root: Path = SCENES) -> list[Scene]:
     return scenes
 
 
-def job_defaults(job: str, **values: Any) -> dict[str, Any]:
-    """A job's parameters as the command line fills them: its defaults, then ``values``."""
-    params = {p.name: p.default for p in get_job(job).params}
+def job_defaults(job: str, overrides: dict[str, str] | None = None, **values: Any) -> dict[str, Any]:
+    """A job's parameters as the command line fills them: its defaults, then ``values``, then those of the
+    ``overrides`` (``--set name=value``, text read as the parameter's type) that the job has."""
+    spec = {p.name: p for p in get_job(job).params}
+    params = {name: p.default for name, p in spec.items()}
     params.update(values)
+    for name, text in (overrides or {}).items():
+        if name in spec:
+            kind = spec[name].kind
+            params[name] = (int(text) if kind == "int" else float(text) if kind == "float"
+                            else text.lower() in ("1", "true", "yes") if kind == "bool" else text)
     return params
 
 
@@ -151,7 +158,8 @@ def linear_confusion(values: list[np.ndarray], train: list[np.ndarray], test: li
 
 class FewShotPath:
     """A job's few-shot head on a scene: the job prepares the tiles and features once (every label);
-    each draw trains a head on its training labels (inner split for stopping) and scores the test labels."""
+    each draw trains a head on its training labels (its epochs chosen on inner folds of them, as a fold of
+    ``train`` does) and scores the test labels."""
 
     def __init__(self, prepare: Callable[[dict[str, Any], Progress], Any], params: dict[str, Any]) -> None:
         started = time.monotonic()
@@ -161,16 +169,17 @@ class FewShotPath:
     def confusion(self, training: np.ndarray, test: np.ndarray, seed: int) -> np.ndarray:
         s = self.setup
         settings = replace(s.settings, seed=seed)
-        head, _ = train_on_split(s.tiles, ~training, s.new_model, settings, s.device, s.folds.block_m)
+        head, _, _ = train_on_split(s.tiles, ~training, s.new_model, settings, s.device, s.folds.block_m)
         predictions = predict_cached(head, s.tiles.features, s.tiles.image_hw, s.device)
         targets = s.tiles.targets(test, exclude_use=~test)
         return confusion_of(predictions, targets, len(s.classes))
 
 
-def satdifuser_path(scene: Scene, band_context: bool, cache_dir: str | None, inversion: str = "reuse") -> FewShotPath:
+def satdifuser_path(scene: Scene, band_context: bool, cache_dir: str | None, inversion: str = "reuse",
+                    overrides: dict[str, str] | None = None) -> FewShotPath:
     from backend.jobs.train import prepare_train
 
-    params = job_defaults("train", image=scene.image, labels=scene.labels, out="", preview=False,
+    params = job_defaults("train", overrides, image=scene.image, labels=scene.labels, out="", preview=False,
                           hold_out_block_m=scene.block_m, band_context=band_context, cache_dir=cache_dir,
                           inversion=inversion)
     return FewShotPath(prepare_train, params)
@@ -196,12 +205,13 @@ def skysense_inputs(scene: Scene) -> dict[str, Any]:
             "s2_bands": ",".join(str(i) for i in indices)}
 
 
-def skysense_path(scene: Scene, band_context: bool, cache_dir: str | None) -> FewShotPath | str:
+def skysense_path(scene: Scene, band_context: bool, cache_dir: str | None,
+                  overrides: dict[str, str] | None = None) -> FewShotPath | str:
     """The SkySense path, or why it cannot run on this scene."""
     from backend.errors import UserError
     from backend.jobs.train_skysense import prepare_train_skysense
 
-    params = job_defaults("train-skysense", labels=scene.labels, out="", hold_out_block_m=scene.block_m,
+    params = job_defaults("train-skysense", overrides, labels=scene.labels, out="", hold_out_block_m=scene.block_m,
                           cache_dir=cache_dir, band_context=band_context, **skysense_inputs(scene))
     try:
         return FewShotPath(prepare_train_skysense, params)
@@ -214,20 +224,20 @@ def mean_spread(values: list[float]) -> tuple[float, float]:
 
 
 def run_scene(scene: Scene, ks: list[int], seeds: int, paths: list[str], cache_dir: str | None,
-              report: Callable[[str], None]) -> dict[str, Any]:
+              report: Callable[[str], None], overrides: dict[str, str] | None = None) -> dict[str, Any]:
     from backend.raster.labels import read_labels
 
     labels = read_labels(scene.labels)
     few_shot: dict[str, FewShotPath | str] = {}
     if {"satdifuser", "rf", "linear", "band-context"} & set(paths):
-        few_shot["satdifuser"] = satdifuser_path(scene, True, cache_dir)
+        few_shot["satdifuser"] = satdifuser_path(scene, True, cache_dir, overrides=overrides)
     if "satdifuser-paper" in paths:
-        few_shot["satdifuser-paper"] = satdifuser_path(scene, False, cache_dir)
+        few_shot["satdifuser-paper"] = satdifuser_path(scene, False, cache_dir, overrides=overrides)
     if "satdifuser-inversion" in paths:
-        few_shot["satdifuser-inversion"] = satdifuser_path(scene, True, cache_dir, inversion="paper")
+        few_shot["satdifuser-inversion"] = satdifuser_path(scene, True, cache_dir, "paper", overrides)
     for path, context in (("skysense", True), ("skysense-paper", False)):
         if path in paths:
-            few_shot[path] = skysense_path(scene, context, cache_dir)
+            few_shot[path] = skysense_path(scene, context, cache_dir, overrides)
     runnable = [r for r in few_shot.values() if isinstance(r, FewShotPath)]
     if not runnable:
         return {"title": scene.info["title"], "cannot_run": {p: r for p, r in few_shot.items()}, "k": {}}
@@ -326,6 +336,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", default=None, help="feature cache folder (default: Terrafuse's)")
     parser.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     parser.add_argument("--out", default=None, help="write the results as JSON here")
+    parser.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                        help="a parameter of the train / train-skysense jobs for every few-shot path (repeatable), "
+                             "e.g. inner_folds=1 or grid_gsd_m=0.1")
     parser.add_argument("--merge", nargs="+", type=Path, default=None,
                         help="print one table of earlier --out files (their paths side by side) and stop")
     args = parser.parse_args(argv)
@@ -344,17 +357,18 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         raise SystemExit(f"unknown path: {', '.join(sorted(unknown))}")
     ks = [int(k) for k in args.k.split(",")]
+    overrides = dict(item.split("=", 1) for item in args.set)
     started = time.monotonic()
     results: dict[str, Any] = {
         "machine": {"cpu": cpu_name(), "cores": __import__("os").cpu_count(), "torch_threads": torch.get_num_threads(),
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
                     "python": platform.python_version(), "torch": torch.__version__},
         "command": " ".join(["benchmarks/map_quality.py", *(argv if argv is not None else sys.argv[1:])]),
-        "seeds": args.seeds, "paths": paths, "scenes": {}}
+        "seeds": args.seeds, "paths": paths, "settings": overrides, "scenes": {}}
     for scene in load_scenes([s for s in args.scenes.split(",") if s], args.scenes_dir):
         print(f"{scene.name}: {scene.info['title']}", flush=True)
         results["scenes"][scene.name] = run_scene(scene, ks, args.seeds, paths, args.cache_dir,
-                                                  lambda m: print(m, flush=True))
+                                                  lambda m: print(m, flush=True), overrides)
     results["seconds"] = round(time.monotonic() - started, 1)
     print(table(results, paths))
     print(f"cells: mIoU mean ± spread over {args.seeds} seeds (overall accuracy); {results['seconds']} s in all")

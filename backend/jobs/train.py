@@ -27,7 +27,7 @@ from ..raster.bands import BandNormalisation, parse_bands
 from ..raster.inspect import open_raster
 from ..raster.labels import labels_on_raster, read_labels
 from ..training.feature_cache import FeatureCache, raster_identity, tile_key
-from ..training.fewshot import FewShotSetup, LabelTiles, cross_validate, epoch_progress
+from ..training.fewshot import FewShotSetup, LabelTiles, cross_validate, epoch_progress, training_runs
 from ..training.loop import TrainingSettings
 from ..training.samples import (
     TileSample,
@@ -138,9 +138,10 @@ def prepare_train(params: dict[str, Any], progress: Progress) -> TrainingSetup:
     from ..models.segmenter import SatDiFuser
     started_s = time.monotonic()
     settings = TrainingSettings(epochs=params["epochs"], learning_rate=params["learning_rate"],
-                                batch_size=params["batch_size"], patience=params["patience"], seed=params["seed"])
-    if settings.epochs < 1 or settings.batch_size < 1:
-        raise UserError("epochs and batch_size must be at least 1")
+                                batch_size=params["batch_size"], patience=params["patience"], seed=params["seed"],
+                                inner_folds=params["inner_folds"])
+    if settings.epochs < 1 or settings.batch_size < 1 or settings.inner_folds < 1:
+        raise UserError("epochs, batch_size and inner_folds must be at least 1")
     if params["cache_max_mb"] < 0:
         raise UserError("cache_max_mb must be 0 or more")
     timesteps = parse_timesteps(params["timesteps"])
@@ -190,7 +191,7 @@ def prepare_train(params: dict[str, Any], progress: Progress) -> TrainingSetup:
     if metadata:
         feature_config["metadata"] = metadata.describe()
     keys = [tile_key(raster, s.window, feature_config) for s in samples]
-    total = len(samples) + (folds.count + 1) * settings.epochs + 3
+    total = len(samples) + training_runs(folds, settings) * settings.epochs + 3
     computed = tile_features(samples, keys, cache, extractor, normalisation, progress, total, tile_metadata)
     if context is not None:
         context_features(samples, BandNormalisation(context.bands, context.low, context.high), context)
@@ -220,7 +221,7 @@ def run_train(params: dict[str, Any], progress: Progress) -> dict[str, Any]:
     started_s = time.monotonic()
     setup = prepare_train(params, progress)
     settings, samples, folds = setup.settings, setup.tiles.samples, setup.folds
-    total = len(samples) + (folds.count + 1) * settings.epochs + 3
+    total = len(samples) + training_runs(folds, settings) * settings.epochs + 3
     features_s = setup.features_s
     trained = cross_validate(setup.tiles, folds, setup.classes, setup.new_model, settings, setup.device,
                              bool(params["baseline"]), epoch_progress(progress, len(samples), total, settings.epochs))

@@ -4,8 +4,8 @@ Only the features are SkySense's own: the fused per-pixel features F_fus (eq. 3)
 labels, cached on disk (:class:`FeatureCache`, keyed by the inputs, the grid, the model's weights and the
 normalisation). Everything else is the one few-shot trainer of :mod:`.fewshot` that SatDiFuser's ``train``
 uses too: the same spatial folds in map units (so both models hold out the same labels), the same loop
-with early stopping on an inner split, the same metrics and the random-forest baseline on the same folds
-(here on every band of every date).
+with its epochs chosen on inner folds of the training labels, the same metrics and the random-forest
+baseline on the same folds (here on every band of every date).
 
 The head is the linear :class:`PixelClassifier` over F_fus; the whole model (encoders, fusion, prototypes,
 head, the band normalisation it was trained with) is saved as a SkySense folder that ``classify`` and
@@ -39,7 +39,7 @@ from ..raster.band_check import modality_band_statistics
 from ..raster.labels import NO_LABEL, LabelSet, labels_on_raster, rasterize_features, read_labels
 from ..raster.stack import InputStack
 from ..training.feature_cache import FeatureCache, raster_identity, tile_key
-from ..training.fewshot import FewShotSetup, LabelTiles, PackedPixels, cross_validate, epoch_progress
+from ..training.fewshot import FewShotSetup, LabelTiles, PackedPixels, cross_validate, epoch_progress, training_runs
 from ..training.loop import TrainingSettings
 from ..training.samples import TileSample, check_labels, check_training_pixels
 from ..training.split import check_block_m, spatial_folds
@@ -116,12 +116,15 @@ def cell_band_values(inputs: dict[str, Any], stack: InputStack) -> np.ndarray:
 def label_samples(stack: InputStack, model: SkySense, labels: LabelSet, area: Window, cache: FeatureCache,
                   identity: dict[str, Any], feature_config: dict[str, Any], progress: Progress,
                   total: int, context_modalities: list[str] | None = None,
-                  context_channels: dict[str, int] | None = None) -> tuple[list[TileSample], int]:
+                  context_channels: dict[str, int] | None = None,
+                  cell_spread: list[str] | None = None) -> tuple[list[TileSample], int]:
     """The grid tiles holding labelled valid cells, with their F_fus from the cache or the model (then
     cached), followed by the cells' band context of ``context_modalities`` when given (cheap: never
-    cached; the bands of each modality go into ``context_channels``); returns the samples and how many
+    cached; the bands of each modality go into ``context_channels``, and the modalities finer than the
+    grid, whose spread within a cell is read too, into ``cell_spread``); returns the samples and how many
     tiles were computed."""
     context_channels = {} if context_channels is None else context_channels
+    cell_spread = [] if cell_spread is None else cell_spread
     device = next(model.parameters()).device
     grid = stack.grid
     samples: list[TileSample] = []
@@ -148,8 +151,12 @@ def label_samples(stack: InputStack, model: SkySense, labels: LabelSet, area: Wi
             features = [fused.to(torch.float16).to(torch.float32).cpu()]  # as a cache hit reads them
             computed += 1
         if context_modalities:
-            features = [*features, cell_band_context(inputs, context_modalities, (stack.tile_px, stack.tile_px))]
-            context_channels.update({m: int(inputs[m].shape[-3]) for m in context_modalities})
+            if not context_channels:
+                context_channels.update({m: int(inputs[m].shape[-3]) for m in context_modalities})
+                cell_spread.extend(m for m in context_modalities
+                                   if tuple(inputs[m].shape[-2:]) != (stack.tile_px, stack.tile_px))
+            features = [*features, cell_band_context(inputs, context_modalities, (stack.tile_px, stack.tile_px),
+                                                     cell_spread=cell_spread)]
         samples.append(TileSample(window, None, cell_valid, feature_px, cell_band_values(inputs, stack), features))
     cache.flush()
     if not samples:
@@ -182,9 +189,10 @@ def prepare_train_skysense(params: dict[str, Any], progress: Progress) -> SkySen
     started_s = time.monotonic()
     seed = int(params.get("seed") or 0)
     settings = TrainingSettings(epochs=int(params["epochs"]), learning_rate=float(params["learning_rate"]),
-                                batch_size=int(params["batch_size"]), patience=int(params["patience"]), seed=seed)
-    if settings.epochs < 1 or settings.batch_size < 1:
-        raise UserError("epochs and batch_size must be at least 1")
+                                batch_size=int(params["batch_size"]), patience=int(params["patience"]), seed=seed,
+                                inner_folds=int(params.get("inner_folds", 1)))
+    if settings.epochs < 1 or settings.batch_size < 1 or settings.inner_folds < 1:
+        raise UserError("epochs, batch_size and inner_folds must be at least 1")
     progress.update(0, 1, "reading the labels")
     labels = read_labels(params["labels"])
     check_labels(labels, MIN_LABELS)
@@ -207,16 +215,17 @@ def prepare_train_skysense(params: dict[str, Any], progress: Progress) -> SkySen
                           "normalisation": normalisation}
         cache = FeatureCache(params.get("cache_dir"), max_bytes=int(params["cache_max_mb"]) * 1024**2)
         windows = label_windows(area, stack.tile_px)
-        total = len(windows) + (folds.count + 1) * settings.epochs + 3
+        total = len(windows) + training_runs(folds, settings) * settings.epochs + 3
         band_warnings = stack.band_warnings
         context_modalities = [m.name for m in modalities] if params.get("band_context", True) else None
         context_channels: dict[str, int] = {}
+        cell_spread: list[str] = []
         samples, computed = label_samples(stack, model, local, area, cache, identity, feature_config, progress,
-                                          total, context_modalities, context_channels)
+                                          total, context_modalities, context_channels, cell_spread)
     context: dict[str, Any] | None = None
     if context_modalities:
         context = {"modalities": context_modalities, "modality_channels": context_channels,
-                   "windows_px": list(DEFAULT_WINDOWS_PX), "spread_px": DEFAULT_SPREAD_PX}
+                   "windows_px": list(DEFAULT_WINDOWS_PX), "spread_px": DEFAULT_SPREAD_PX, "cell_spread": cell_spread}
     # The head is linear per cell: trained on the labelled cells alone, it is the same head, many times faster.
     tiles = PackedPixels(LabelTiles(samples, local, grid.transform))
     train_px = check_training_pixels(local, tiles.targets(np.ones(len(local.geometries), dtype=bool)))
@@ -238,7 +247,7 @@ def run_train_skysense(params: dict[str, Any], progress: Progress) -> dict[str, 
     setup = prepare_train_skysense(params, progress)
     settings, folds, modalities, loaded = setup.settings, setup.folds, setup.modalities, setup.loaded
     model = loaded.model
-    total = setup.windows + (folds.count + 1) * settings.epochs + 3
+    total = setup.windows + training_runs(folds, settings) * settings.epochs + 3
     trained = cross_validate(setup.tiles, folds, setup.classes, setup.new_model, settings, setup.device,
                              bool(params.get("baseline")),
                              epoch_progress(progress, setup.windows, total, settings.epochs))

@@ -96,7 +96,8 @@ class BandContextBranch(nn.Module):
     """Per-pixel logits from :func:`band_context`'s channels: a multinomial logistic regression on the
     standardised channels, fitted to convergence (:meth:`fit`, L-BFGS) before the head trains and then
     frozen. The head's logits are added to it and start at zero, so the head learns what the backbone's
-    features add to the bands, and early stopping on the inner split decides how much that is.
+    features add to the bands, and the inner folds of the training labels decide how much that is
+    (:func:`..training.fewshot.choose_epochs`; 0 epochs: the branch alone).
 
     Why not train it with the head: the few-shot loop runs a few hundred AdamW steps, which leaves a linear
     model from scratch far from its optimum (measured: below a per-pixel random forest on the bands)."""

@@ -293,9 +293,11 @@ def common_grid(modalities: Sequence[ModalityInputs], area: AreaOfInterest | Non
 
 #: The grid's cell size when none is given.
 DEFAULT_GRID_GSD_M = 10.0
-#: With a high-resolution image alone, one grid cell holds this many of its pixels on a side (the patch size
-#: of the bundled high-resolution encoder): its detail is read, not averaged onto 10 m cells.
-HR_ALONE_PIXELS_PER_CELL = 4
+#: With a high-resolution image alone, one grid cell holds this many of its pixels on a side: its detail is
+#: read, not averaged onto 10 m cells. Half the bundled high-resolution encoder's patch (4 px): the few-shot
+#: head and its band context then see crowns and shadows of a 0.1 m image (docs/quality.md: NEON 0.48 -> 0.55
+#: mIoU at K = 3, SpaceNet level), for four times the cells of a 4 px grid.
+HR_ALONE_PIXELS_PER_CELL = 2
 
 
 def native_pixel_m(path: str) -> float | None:
@@ -308,7 +310,7 @@ def native_pixel_m(path: str) -> float | None:
 
 def default_grid_gsd_m(params: dict[str, Any], modalities: Sequence[ModalityInputs]) -> float:
     """``grid_gsd_m`` when given; else :data:`HR_ALONE_PIXELS_PER_CELL` pixels of a high-resolution image given
-    alone (a 0.1 m aerial image gets a 0.4 m grid), else :data:`DEFAULT_GRID_GSD_M`."""
+    alone (a 0.1 m aerial image gets a 0.2 m grid), else :data:`DEFAULT_GRID_GSD_M`."""
     given = params.get("grid_gsd_m")
     if given:
         return float(given)

@@ -5,16 +5,18 @@ Whatever the backbone (SatDiFuser's fused diffusion features or SkySense's F_fus
 label tiles with their cached features and a function that makes a fresh head; this module does the rest,
 the same way for both:
 
-1. For each fold of :func:`.split.spatial_folds`: the labels the fold holds out are set aside; an inner
-   split of the remaining labels (:func:`.split.inner_hold_out`) stops training early; the head is scored
-   once on the held-out labels' pixels, and the random forest trained on the same training labels is scored
-   on the same pixels.
+1. For each fold of :func:`.split.spatial_folds`: the labels the fold holds out are set aside; inner
+   spatial folds of the remaining labels choose how many epochs a head trains (:func:`choose_epochs`: none
+   at all, the prefitted band branch alone, is a candidate); a head trained on all the remaining labels for
+   those epochs is scored once on the held-out labels' pixels, and the random forest trained on the same
+   training labels is scored on the same pixels.
 2. The figures are the folds' mean and spread (:func:`.metrics.cross_validated_metrics`), with a line that
    says whether the head beats the baseline (:func:`.metrics.comparison`).
-3. The head that is saved is trained on every label, for the median of the epochs the inner splits chose.
+3. The head that is saved is trained on every label, for the median of the epochs the folds chose: each
+   fold's head is trained as the saved one is, so the figures score the procedure that made it.
 
 Nothing that is reported chooses anything: a fold's head never sees the classes of the labels it is scored
-on, and the epoch budget of the final head comes from the inner splits.
+on, and the epoch budget of the final head comes from the inner folds.
 """
 
 from __future__ import annotations
@@ -34,7 +36,7 @@ from .baseline import BASELINE_NAME, random_forest_confusion
 from .loop import TrainingHistory, TrainingSettings, predict_cached, train_decoder
 from .metrics import comparison, confusion_matrix, cross_validated_metrics, not_validated, segmentation_metrics
 from .samples import IGNORE, TileSample
-from .split import SpatialFolds, describe, inner_hold_out
+from .split import SpatialFolds, describe, spatial_folds
 
 
 class FewShotHead(Protocol):
@@ -47,8 +49,10 @@ class FewShotHead(Protocol):
 
 @dataclass
 class FoldRun:
-    """One fold's head: its training history and the confusion matrices of the head and the baseline."""
+    """One fold's head: its epochs and how they were chosen, its training history and the confusion
+    matrices of the head and the baseline."""
 
+    choice: EpochChoice
     history: TrainingHistory
     confusion: np.ndarray
     baseline_confusion: np.ndarray | None
@@ -173,24 +177,90 @@ class FewShotSetup:
     device: torch.device
 
 
+@dataclass(frozen=True)
+class EpochChoice:
+    """How many epochs a head trains on its training labels, chosen on inner spatial folds of them alone:
+    the mean over ``inner_folds`` runs of the stopping loss after 0 (when prefitted parts already predict),
+    1, 2, ... epochs, and the fewest epochs within ``min_delta`` of its minimum. ``inner_folds`` = 0: no
+    inner fold could be made, and the whole schedule runs."""
+
+    epochs: int
+    inner_folds: int
+    mean_curve: tuple[float, ...] = ()
+    starts_at_zero: bool = False
+
+    def to_json(self) -> dict[str, Any]:
+        first = 0 if self.starts_at_zero else 1
+        return {"epochs": self.epochs, "inner_folds": self.inner_folds,
+                "mean_stopping_loss": {str(first + i): round(v, 5) for i, v in enumerate(self.mean_curve)}}
+
+
+def _mean_curve(curves: Sequence[list[float]]) -> np.ndarray:
+    """The mean of stopping-loss curves of different lengths (a run that stopped early keeps its last loss:
+    patience epochs past its best were no better)."""
+    length = max(len(c) for c in curves)
+    return np.mean([c + [c[-1]] * (length - len(c)) for c in curves], axis=0)
+
+
+def choose_epochs(tiles: LabelTiles | PackedPixels, training: np.ndarray, new_head: Callable[[], FewShotHead],
+                  settings: TrainingSettings, device: torch.device, block_m: float,
+                  on_run: Callable[[int, int], Callable[[int, float], None] | None] | None = None) -> EpochChoice:
+    """The epochs of a head trained on the ``training`` labels, chosen on their own spatial folds.
+
+    Each of the first ``settings.inner_folds`` inner folds trains a fresh head on the other training labels
+    and records its stopping loss on the fold's labels after every epoch, from "no epoch" (the prefitted
+    band branch alone) on; the curves are averaged. The head that is kept then trains on *all* the training
+    labels for the chosen epochs (:func:`train_on_split`): on the benchmark's scenes that refit is what
+    lifted the maps, while averaging over more inner folds changed nothing (docs/quality.md). Only training
+    labels enter: nothing about the labels outside ``training`` can steer it.
+    """
+    inner = spatial_folds(tiles.labels.subset(training), block_m, settings.seed)
+    runs = min(max(1, settings.inner_folds), inner.count)
+    if runs == 0:
+        return EpochChoice(settings.epochs, 0)
+    positions = np.flatnonzero(training)
+    curves, starts_at_zero = [], False
+    for j in range(runs):
+        held = np.zeros_like(training)
+        held[positions[inner.fold == j]] = True
+        fit = training & ~held
+        torch.manual_seed(settings.seed)
+        head = new_head()
+        history = train_decoder(head, tiles.features, tiles.targets(fit, exclude_use=~training), settings, device,
+                                on_run(j, runs) if on_run is not None else None,
+                                stopping_targets=tiles.targets(held, exclude_use=fit))
+        if history.stopping_losses or history.start_loss is not None:
+            curves.append(history.stopping_curve())
+            starts_at_zero = history.start_loss is not None
+    if not curves:  # no inner fold held a labelled pixel on the tiles
+        return EpochChoice(settings.epochs, 0)
+    mean = _mean_curve(curves)
+    best = int(np.flatnonzero(mean <= mean.min() + settings.min_delta)[0])
+    return EpochChoice(best if starts_at_zero else best + 1, len(curves), tuple(float(v) for v in mean),
+                       starts_at_zero)
+
+
 def train_on_split(tiles: LabelTiles | PackedPixels, held_out: np.ndarray, new_head: Callable[[], FewShotHead],
                    settings: TrainingSettings, device: torch.device, block_m: float,
-                   on_epoch: Callable[[int, float], None] | None = None) -> tuple[FewShotHead, TrainingHistory]:
-    """A head trained on the labels that ``held_out`` leaves, stopped early on an inner split of them.
+                   on_run: Callable[[str], Callable[[int, float], None] | None] | None = None,
+                   ) -> tuple[FewShotHead, TrainingHistory, EpochChoice]:
+    """A head trained on every label that ``held_out`` leaves, for the epochs that inner folds of those
+    labels chose (:func:`choose_epochs`): the procedure of the final head, so that a fold scores what is saved.
 
     Nothing of the held-out labels but their place enters: their classes cannot change the head.
     """
     training = ~held_out
-    inner = np.zeros_like(held_out)
-    inner[np.flatnonzero(training)] = inner_hold_out(tiles.labels.subset(training), block_m, settings.seed)
-    fit = training & ~inner
-    fit_targets = tiles.targets(fit, exclude_use=held_out)
-    stopping = tiles.targets(inner, exclude_use=fit) if inner.any() else None
+
+    def phase(name: str) -> Callable[[int, float], None] | None:
+        return on_run(name) if on_run is not None else None
+
+    choice = choose_epochs(tiles, training, new_head, settings, device, block_m,
+                           lambda j, runs: phase(f"inner fold {j + 1} of {runs}"))
     torch.manual_seed(settings.seed)  # every fold's head starts from the final head's initial weights
     head = new_head()
-    history = train_decoder(head, tiles.features, fit_targets, settings, device, on_epoch,
-                            stopping_targets=stopping)
-    return head, history
+    history = train_decoder(head, tiles.features, tiles.targets(training, exclude_use=held_out), settings, device,
+                            phase("all its training labels"), epochs_to_run=choice.epochs)
+    return head, history, choice
 
 
 def confusion_of(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray], size: int) -> np.ndarray:
@@ -200,10 +270,16 @@ def confusion_of(predictions: Sequence[np.ndarray], targets: Sequence[np.ndarray
 
 
 def epoch_budget(runs: Sequence[FoldRun], settings: TrainingSettings) -> int:
-    """Epochs of the final head: the median of the epochs that the folds' inner splits kept (their best
-    epoch, counted from 1); every epoch of the schedule when no fold stopped on an inner split."""
-    chosen = [r.history.best_epoch + 1 for r in runs if r.history.stopping_losses]
+    """Epochs of the final head: the median of the epochs that the folds' inner folds chose (0: the
+    prefitted branch alone); every epoch of the schedule when no fold could make inner folds."""
+    chosen = [r.choice.epochs for r in runs if r.choice.inner_folds]
     return int(np.median(chosen)) if chosen else settings.epochs
+
+
+def training_runs(folds: SpatialFolds, settings: TrainingSettings) -> int:
+    """How many heads :func:`cross_validate` trains at most: per fold its inner folds and its own head, then
+    the final head (for a progress bar: each counts ``settings.epochs`` steps)."""
+    return folds.count * (max(1, settings.inner_folds) + 1) + 1
 
 
 def cross_validate(tiles: LabelTiles | PackedPixels, folds: SpatialFolds, classes: Sequence[dict[str, Any]],
@@ -216,11 +292,13 @@ def cross_validate(tiles: LabelTiles | PackedPixels, folds: SpatialFolds, classe
     for f in range(folds.count):
         held_out = folds.held_out(f, ids)
 
-        def fold_epoch(epoch: int, loss: float, f: int = f) -> None:
-            if on_epoch is not None:
-                on_epoch(f"fold {f + 1} of {folds.count}", epoch, loss)
+        def fold_phase(name: str, f: int = f) -> Callable[[int, float], None] | None:
+            if on_epoch is None:
+                return None
+            return lambda epoch, loss: on_epoch(f"fold {f + 1} of {folds.count}, {name}", epoch, loss)
 
-        head, history = train_on_split(tiles, held_out, new_head, settings, device, folds.block_m, fold_epoch)
+        head, history, choice = train_on_split(tiles, held_out, new_head, settings, device, folds.block_m,
+                                               fold_phase)
         validation = tiles.targets(held_out, exclude_use=~held_out)
         predictions = predict_cached(head, tiles.features, tiles.image_hw, device)
         baseline_confusion = None
@@ -228,7 +306,7 @@ def cross_validate(tiles: LabelTiles | PackedPixels, folds: SpatialFolds, classe
             training = tiles.targets(~held_out, exclude_use=held_out)
             baseline_confusion = random_forest_confusion(tiles.band_values, training, validation, size,
                                                          seed=settings.seed)
-        runs.append(FoldRun(history, confusion_of(predictions, validation, size), baseline_confusion,
+        runs.append(FoldRun(choice, history, confusion_of(predictions, validation, size), baseline_confusion,
                             folds.validated(f)))
 
     statement = describe(folds)
@@ -265,10 +343,8 @@ def cross_validate(tiles: LabelTiles | PackedPixels, folds: SpatialFolds, classe
     if baseline_metrics is not None:
         baseline_metrics["scheme"] = folds.scheme
     validation_json = {**folds.to_json(), "statement": statement, "final_epochs": budget,
-                       "folds_detail": [{"fold": f + 1, "epochs_run": len(r.history.losses),
-                                         "best_epoch": r.history.best_epoch,
-                                         "stopped_on_inner_split": bool(r.history.stopping_losses)}
-                                        for f, r in enumerate(runs)]}
+                       "inner_folds": settings.inner_folds,
+                       "folds_detail": [{"fold": f + 1, **r.choice.to_json()} for f, r in enumerate(runs)]}
     return FewShotResult(head=head, history=history, metrics=metrics, baseline=baseline_metrics,
                          comparison=comparison(metrics, baseline_metrics), validation=validation_json, folds=runs)
 

@@ -2,7 +2,7 @@
 (SatDiFuser Sec. 4.2), class-balanced cross entropy that ignores unlabelled pixels, and early stopping on
 the loss of stopping labels that keeps the best state.
 
-The stopping labels are an inner split of the training labels (:func:`.split.inner_hold_out`), never the
+The stopping labels are an inner fold of the training labels (:func:`.fewshot.choose_epochs`), never the
 labels a figure is reported on: choosing the epoch on those would report the best of many noisy draws."""
 
 from __future__ import annotations
@@ -31,17 +31,24 @@ class TrainingSettings:
     patience: int = 8  # epochs without a better stopping loss before stopping; 0 never stops early
     min_delta: float = 1e-4  # a stopping loss must fall by more than this to count as better
     seed: int = 0
+    inner_folds: int = 1  # inner spatial folds of the training labels whose mean stopping loss sets the epochs
 
 
 @dataclass
 class TrainingHistory:
-    """Mean training loss and stopping loss of each epoch run, the epoch whose state was kept, and
-    whether training stopped before the last epoch."""
+    """Mean training loss and stopping loss of each epoch run, the stopping loss before the first epoch
+    (when prefitted parts already predict), the epoch whose state was kept (-1: none, the prefitted state),
+    and whether training stopped before the last epoch."""
 
     losses: list[float] = field(default_factory=list)
     stopping_losses: list[float] = field(default_factory=list)
+    start_loss: float | None = None
     best_epoch: int = -1
     stopped_early: bool = False
+
+    def stopping_curve(self) -> list[float]:
+        """The stopping loss after 0 (when prefitted), 1, 2, ... epochs."""
+        return ([self.start_loss] if self.start_loss is not None else []) + self.stopping_losses
 
 
 def class_weights(targets: Sequence[np.ndarray], num_classes: int) -> Tensor:
@@ -109,6 +116,7 @@ def train_decoder(model: SatDiFuser, features: Sequence[Sequence[Tensor]], targe
     best_loss, best_state, since_best = math.inf, None, 0
     if held_out and starts_fitted:
         best_loss = hold_out_loss(model, features, stopping_targets or [], held_out, weights, device)
+        history.start_loss = best_loss
         best_state = copy.deepcopy(model.state_dict())
     for epoch in range(last_epoch):
         model.train()

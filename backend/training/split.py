@@ -157,14 +157,6 @@ def spatial_folds(labels: LabelSet, block_m: float = DEFAULT_BLOCK_M, seed: int 
                         num_classes=len(labels.classes), count=k, block_m=float(block_m))
 
 
-def inner_hold_out(training: LabelSet, block_m: float, seed: int) -> np.ndarray:
-    """Which of the ``training`` labels are held out to stop training early: the first fold of their own
-    spatial folds. Only the training labels enter it, so nothing about the outer held-out labels can steer
-    the epoch that is kept. All False when no class has two blocks (then a fixed budget of epochs runs)."""
-    inner = spatial_folds(training, block_m, seed)
-    return inner.fold == 0 if inner.count else np.zeros(len(training.geometries), dtype=bool)
-
-
 def describe(folds: SpatialFolds) -> str:
     """One line that says what a figure rests on."""
     held = int((folds.fold >= 0).sum())

@@ -111,6 +111,19 @@ def _short(name: str, width: int = 8) -> str:
     return name if len(name) <= width else name[: width - 1] + "…"
 
 
+def _band_context_line(result: Dict[str, Any]) -> str:
+    """What the head reads, and what the inner folds of the labels made of the model's features."""
+    line = ("The head reads every band of the raster and its local context beside the model's features "
+            "(\u201cBands beside features\u201d, on by default).")
+    epochs = (result.get("validation") or {}).get("final_epochs")
+    if epochs == 0:
+        return line + (" On inner folds of your labels the features added nothing to the bands, so the saved "
+                       "head is the band branch alone; more labels, or a stronger model, may change that.")
+    if epochs:
+        return line + f" It trained {epochs} epochs on the features, as many as inner folds of your labels chose."
+    return line
+
+
 def metrics_html(result: Dict[str, Any]) -> str:
     """The training's validation: the summary, the head against the random forest, per-class F1 and IoU with
     their spread and held-out labels, the overall figures, the confusion matrix."""
@@ -132,8 +145,7 @@ def metrics_html(result: Dict[str, Any]) -> str:
     if how:
         parts.append(f"<p>{html.escape(how)}</p>")
     if result.get("band_context"):
-        parts.append("<p><small>The head reads every band of the raster and its local context beside the "
-                     "model's features (\u201cBands beside features\u201d, on by default).</small></p>")
+        parts.append(f"<p><small>{html.escape(_band_context_line(result))}</small></p>")
     per_class = metrics.get("per_class") or []
     if per_class:
         with_labels = any("held_out_labels" in c for c in per_class)

@@ -104,10 +104,10 @@ def test_classify_any_modality_subset_writes_a_paletted_class_raster_on_the_grid
     classes = result["outputs"]["classes"]
     crs, transform, width, height = _grid_of(classes)
     # The grid is in the CRS of the first input (hr in EPSG:3857, else Sentinel-2 in UTM) at 10 m cells; a
-    # high-resolution image alone gets cells of 4 x 4 of its pixels (about 3.5 CRS metres: about 14 m).
+    # high-resolution image alone gets cells of 2 x 2 of its pixels (about 1.8 CRS metres: about 7 m).
     expected = CRS.from_epsg(3857) if modalities[0] == "hr" else UTM
     with rasterio.open(scene["hr"]) as hr:
-        gsd = 4 * min(hr.res) if modalities == ("hr",) else 10.0
+        gsd = 2 * min(hr.res) if modalities == ("hr",) else 10.0
     assert crs == expected
     assert transform[0] == pytest.approx(gsd)
     assert transform[4] == pytest.approx(-gsd)
@@ -129,8 +129,8 @@ def test_classify_any_modality_subset_writes_a_paletted_class_raster_on_the_grid
     provenance = result["provenance"]
     assert len(provenance["checkpoint_sha256"]) == 64
     assert sorted(provenance["inputs"]) == sorted(modalities)
-    if "hr" in modalities:  # 3.5 m pixels read 3x finer than the 10 m grid; alone, 4 of them make a cell
-        assert provenance["grid"]["hr_factor"] == (4 if modalities == ("hr",) else 3)
+    if "hr" in modalities:  # 3.5 m pixels read 3x finer than the 10 m grid; alone, 2 of them make a cell
+        assert provenance["grid"]["hr_factor"] == (2 if modalities == ("hr",) else 3)
     if "s2" in modalities:
         assert provenance["inputs"]["s2"]["dates"] == ["2023-04-15", "2023-06-10", "2023-08-05"]
         assert provenance["inputs"]["s2"]["date_sources"] == ["filename"] * 3

@@ -113,19 +113,19 @@ def test_a_sentinel2_raster_without_b8_runs_and_names_what_it_lacks(inputs: dict
         run_classify(_bind("classify", model=str(plain), s2=inputs["no_b8"], out=str(tmp_path / "x")), Progress())
 
 
-def test_an_rgb_image_alone_runs_on_a_grid_of_four_of_its_pixels(inputs: dict[str, Any], tmp_path: Path) -> None:
+def test_an_rgb_image_alone_runs_on_a_grid_of_two_of_its_pixels(inputs: dict[str, Any], tmp_path: Path) -> None:
     x0, y0 = inputs["aerial_box"][:2]
     labels = _labels_scaled(tmp_path / "labels.gpkg", x0, y0, 0.25)
     trained, classified, data = _train_then_classify(inputs["model"], tmp_path, labels, hr=inputs["rgb"])
-    assert classified["grid"]["gsd_m"] == pytest.approx(1.0)  # 4 x 0.25 m
-    assert classified["grid"]["hr_factor"] == 4
-    assert data.shape == (100, 100)
+    assert classified["grid"]["gsd_m"] == pytest.approx(0.5)  # 2 x 0.25 m
+    assert classified["grid"]["hr_factor"] == 2
+    assert data.shape == (200, 200)
     assert not [w for w in classified["warnings"] if "lacks" in w]
     assert min(_halves_separated(data, trained["model"])) > SEPARATED
     prototypes = run_prototypes(_bind("prototypes", model=inputs["model"], hr=inputs["rgb"],
                                       out=str(tmp_path / "protos")), Progress())
     with rasterio.open(prototypes["outputs"]["prototypes"]) as src:
-        assert src.res == pytest.approx((1.0, 1.0))
+        assert src.res == pytest.approx((0.5, 0.5))
     # The grid's cell can still be chosen.
     coarse = run_classify(_bind("classify", model=trained["model"], hr=inputs["rgb"], grid_gsd_m=2.0,
                                 out=str(tmp_path / "coarse")), Progress())

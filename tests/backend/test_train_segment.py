@@ -111,7 +111,7 @@ def test_train_saves_the_head_with_its_metrics(trained: dict[str, Any], backbone
     assert sum(map(sum, metrics["confusion_matrix"]["matrix"])) == metrics["pixels"]
     for name in ("precision", "recall", "f1", "iou"):
         assert name in per_class["water"]
-    # The saved head trained on every label for the epochs the fold's inner split chose, and says how well it
+    # The saved head trained on every label for the epochs the fold's inner folds chose, and says how well it
     # fits them.
     assert len(trained["result"]["losses"]) == trained["result"]["validation"]["final_epochs"]
     assert 0.0 <= metrics["training"]["overall_accuracy"] <= 1.0
@@ -120,10 +120,12 @@ def test_train_saves_the_head_with_its_metrics(trained: dict[str, Any], backbone
 def test_train_reports_features_then_epochs(trained: dict[str, Any]) -> None:
     messages = [m for _, _, m in trained["messages"]]
     assert any(m.startswith("backbone features, tile 1 of") for m in messages)
-    assert any(m.startswith("training (fold 1 of 1): epoch 1,") for m in messages)
-    final_epochs = trained["result"]["validation"]["final_epochs"]  # as many as the fold's inner split chose
+    assert any(m.startswith("training (fold 1 of 1, inner fold 1 of ") for m in messages)
+    final_epochs = trained["result"]["validation"]["final_epochs"]  # as many as the fold's inner folds chose
     assert len(trained["result"]["losses"]) == final_epochs
-    assert any(m.startswith(f"training (every label): epoch {final_epochs},") for m in messages)
+    final = [m for m in messages if m.startswith("training (every label): epoch")]
+    assert len(final) == final_epochs
+    assert all(m.startswith(f"training (every label): epoch {e + 1},") for e, m in enumerate(final))
     done, total, _ = trained["messages"][-1]
     assert done == total
 

@@ -206,6 +206,9 @@ def test_metrics_with_their_spread_and_the_baseline_read_at_the_default_width(pl
     assert "23 held-out labels" in text
     assert "Bands beside features" not in text
     assert "Bands beside features" in metrics_html({**result, "band_context": True})
+    alone = metrics_html({**result, "band_context": True, "validation": {"final_epochs": 0}})
+    assert "the saved head is the band branch alone" in alone
+    assert "It trained 12 epochs" in metrics_html({**result, "band_context": True, "validation": {"final_epochs": 12}})
     old = metrics_html({"model": "h", "metrics": {"per_class": [{"class_name": "water", "f1": 0.7, "iou": 0.5,
                                                                  "support_px": 3}], "miou": 0.5}})
     assert "0.70" in old, "an older result still renders"

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,8 +72,8 @@ class SkySense(nn.Module):
 
     def attach_head(self, classes: list[dict[str, Any]], band_context: dict[str, Any] | None = None) -> PixelClassifier:
         """A new linear head for ``classes`` ({"id", "name", "colour"}), replacing any earlier one; with
-        ``band_context`` ({"modalities": [...], "modality_channels": {m: bands}, "windows_px", "spread_px"}), a per-cell
-        band branch beside it (:mod:`..band_context`), and the head starts at zero."""
+        ``band_context`` ({"modalities", "modality_channels": {m: bands}, "windows_px", "spread_px",
+        "cell_spread"}), a per-cell band branch beside it (:mod:`..band_context`), and the head starts at zero."""
         if not classes:
             raise ValueError("a head needs at least one class")
         self.config.classes = [dict(c) for c in classes]
@@ -90,9 +91,10 @@ class SkySense(nn.Module):
         context = self.config.band_context
         if not context:
             return None
-        channels = sum(int(c) for c in context["modality_channels"].values())
-        return BandContextBranch(channels * (2 + len(context.get("windows_px", DEFAULT_WINDOWS_PX))), num_classes,
-                                 **context.get("branch", {}))
+        channels = {m: int(c) for m, c in context["modality_channels"].items()}
+        width = sum(channels.values()) * (2 + len(context.get("windows_px", DEFAULT_WINDOWS_PX)))
+        width += sum(channels[m] for m in context.get("cell_spread", ()))
+        return BandContextBranch(width, num_classes, **context.get("branch", {}))
 
     def cell_context(self, inputs: dict[str, Tensor], grid_hw: tuple[int, int]) -> Tensor:
         """The head's band context on the fused grid (:func:`cell_band_context` with ``config.band_context``).
@@ -116,10 +118,13 @@ class SkySense(nn.Module):
             elif torch.as_tensor(inputs[m]).shape[-3] != channels[m]:
                 raise UserError(f"This head reads {channels[m]} {m} bands beside the features; the {m} input has "
                                 f"{torch.as_tensor(inputs[m]).shape[-3]}. Give the bands it was trained with")
-        out = cell_band_context(filled, modalities, grid_hw, windows, int(context.get("spread_px", DEFAULT_SPREAD_PX)))
+        cell_spread = list(context.get("cell_spread", ()))
+        out = cell_band_context(filled, modalities, grid_hw, windows, int(context.get("spread_px", DEFAULT_SPREAD_PX)),
+                                cell_spread)
         if len(given) < len(modalities) and self.band_branch is not None:
             absent = torch.cat([torch.full((channels[m],), m not in given, dtype=torch.bool) for m in modalities])
-            absent = absent.repeat(2 + len(windows)).to(out.device)
+            spread_absent = [torch.full((channels[m],), m not in given, dtype=torch.bool) for m in cell_spread]
+            absent = torch.cat([absent.repeat(2 + len(windows)), *spread_absent]).to(out.device)
             out[:, absent] = self.band_branch.shift.to(out.dtype)[absent][None, :, None, None]
         return out
 
@@ -274,11 +279,13 @@ class SkySense(nn.Module):
 
 def cell_band_context(inputs: dict[str, Tensor], modalities: list[str], grid_hw: tuple[int, int],
                       windows_px: tuple[int, ...] = DEFAULT_WINDOWS_PX,
-                      spread_px: int = DEFAULT_SPREAD_PX) -> Tensor:
+                      spread_px: int = DEFAULT_SPREAD_PX, cell_spread: Sequence[str] = ()) -> Tensor:
     """The band context on the fused grid (B, C', h, w): each modality's bands as cell values (a series' mean
     over its valid dates, so the channels do not depend on how many dates are given; a high-resolution
-    image's mean over each cell), then :func:`..band_context.band_context`."""
-    planes = []
+    image's mean over each cell), then :func:`..band_context.band_context`; then, for each modality of
+    ``cell_spread``, its bands' standard deviation within each cell (the texture of a high-resolution image
+    that a cell mean averages away; 0 for an input at the grid's resolution)."""
+    planes, spreads = [], []
     for m in modalities:
         x = inputs.get(m)
         if x is None:
@@ -291,10 +298,13 @@ def cell_band_context(inputs: dict[str, Tensor], modalities: list[str], grid_hw:
         weight = torch.ones(x.shape[:2], device=x.device) if valid is None else \
             torch.as_tensor(valid).to(x.device, torch.float32).reshape(x.shape[:2])
         mean = (x * weight[:, :, None, None, None]).sum(1) / weight.sum(1).clamp_min(1.0)[:, None, None, None]
-        if tuple(mean.shape[-2:]) != tuple(grid_hw):
-            mean = F.adaptive_avg_pool2d(mean, grid_hw)
-        planes.append(mean)
-    return band_context(torch.cat(planes, dim=1), windows_px, spread_px)
+        cell = mean if tuple(mean.shape[-2:]) == tuple(grid_hw) else F.adaptive_avg_pool2d(mean, grid_hw)
+        if m in cell_spread:
+            square = mean * mean if cell is mean else F.adaptive_avg_pool2d(mean * mean, grid_hw)
+            spreads.append((square - cell * cell).clamp_min(0.0).sqrt())
+        planes.append(cell)
+    context = band_context(torch.cat(planes, dim=1), windows_px, spread_px)
+    return torch.cat([context, *spreads], dim=1) if spreads else context
 
 
 def load_checked(model: nn.Module, state: dict[str, Tensor], where: str) -> None:

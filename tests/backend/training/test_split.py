@@ -21,7 +21,6 @@ from backend.training.split import (
     SINGLE_SPLIT,
     check_block_m,
     describe,
-    inner_hold_out,
     spatial_folds,
 )
 from tests.backend.rasters import write_raster
@@ -107,15 +106,6 @@ def test_a_class_with_one_label_is_never_held_out() -> None:
     folds = spatial_folds(labels, 1000.0)
     assert folds.fold[-1] == -1
     assert folds.validated().tolist() == [True, False]
-
-
-def test_the_inner_split_holds_out_some_training_labels_of_each_class() -> None:
-    labels = scattered(6)
-    inner = inner_hold_out(labels, 1000.0, seed=2)
-    for k in range(2):
-        members = labels.class_index == k
-        assert 0 < inner[members].sum() < members.sum()
-    assert not inner_hold_out(scattered(1), 1000.0, seed=2).any()  # too few: a fixed budget instead
 
 
 def test_a_block_size_must_be_positive() -> None:

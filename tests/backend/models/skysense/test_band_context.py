@@ -100,3 +100,31 @@ def test_polygons_add_the_branch_on_their_mean_context() -> None:
         fused = out["features"].shape[1]
         logits = model.head.linear(first[:fused]) + model.band_branch(first[fused:, None, None])[:, 0, 0]
     torch.testing.assert_close(probabilities[0], logits.softmax(-1))
+
+
+def test_a_finer_image_adds_its_spread_within_each_cell() -> None:
+    inputs = make_inputs(("hr", "s2"), hr_px=32, s2_px=8)
+    plain = cell_band_context(inputs, ["hr", "s2"], (8, 8), windows_px=(3,), spread_px=3)
+    context = cell_band_context(inputs, ["hr", "s2"], (8, 8), windows_px=(3,), spread_px=3, cell_spread=["hr", "s2"])
+    torch.testing.assert_close(context[:, :plain.shape[1]], plain)
+    cells = inputs["hr"].reshape(1, len(HR_BANDS), 8, 4, 8, 4)
+    expected = cells.std(dim=(3, 5), unbiased=False)
+    torch.testing.assert_close(context[:, plain.shape[1]:plain.shape[1] + len(HR_BANDS)], expected, atol=1e-4,
+                               rtol=1e-4)
+    # A series already at the grid's resolution has no spread within a cell.
+    assert float(context[:, plain.shape[1] + len(HR_BANDS):].abs().max()) < 1e-3
+
+
+def test_a_head_with_cell_spread_reads_a_missing_modality_as_the_training_mean() -> None:
+    torch.manual_seed(0)
+    model = SkySense(micro_config()).eval()
+    context = {"modalities": ["hr", "s2"], "modality_channels": {"hr": len(HR_BANDS), "s2": len(S2_BANDS)},
+               "windows_px": [3], "spread_px": 3, "cell_spread": ["hr"]}
+    model.attach_head(CLASSES, context)
+    with torch.no_grad():
+        model.band_branch.shift.normal_()
+        out = model.cell_context(make_inputs(("s2",), s2_px=8), (8, 8))
+        full = model.cell_context(make_inputs(("hr", "s2"), hr_px=32, s2_px=8), (8, 8))
+    assert out.shape == full.shape == (1, model.band_branch.shift.shape[0], 8, 8)
+    hr_spread = slice(out.shape[1] - len(HR_BANDS), out.shape[1])
+    torch.testing.assert_close(out[0, hr_spread], model.band_branch.shift[hr_spread][:, None, None].expand(-1, 8, 8))
