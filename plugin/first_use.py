@@ -53,7 +53,7 @@ class BundledWeightsOffer:
             return False
         self.shown = True
         bar = self.iface.messageBar()
-        widget = bar.createMessage("Terrafuse", "the bundled backbone's weights are not downloaded yet (23 MB, once).")
+        widget = bar.createMessage("Terrafuse", "the bundled backbone's weights are not downloaded yet (34 MB, once).")
         self.button = QPushButton("Download…", widget)
         self.button.setObjectName("TerrafuseDownloadBundled")
         self.button.clicked.connect(lambda: self.download(folders))

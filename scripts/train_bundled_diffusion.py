@@ -30,8 +30,12 @@ if str(ROOT) not in sys.path:
     sys.path.insert(0, str(ROOT))
 
 from backend.jobs.info import cpu_name  # noqa: E402
+from benchmarks.quality_card import card_entry, card_section  # noqa: E402
 
 DEFAULT_OUT = ROOT / "resources" / "models" / "terrafuse-tiny-diffusion"
+#: The benchmark's paths that the card shows, with their column titles.
+QUALITY_COLUMNS = {"rf": "random forest (bands)", "satdifuser-paper": "paper head (features alone)",
+                   "satdifuser": "default head (features and band context)"}
 DEFAULT_CACHE = Path.home() / ".cache" / "terrafuse" / "bundled-training"
 PYPI_SIMPLE = "https://pypi.org/simple"
 
@@ -314,9 +318,10 @@ Logged losses (running means; VAE: L1 on [-1, 1]; UNet: v-prediction MSE):
 
 Feature extraction with Terrafuse's defaults (DDIM inversion to timesteps 1, 100, 200; ResNet and
 self-attention features at 4 levels) on one 512 px tile: {log.get('tile_512_seconds', 'not measured')} s on
-{log['hardware']} (the machine that trained it; the fastest of 5 runs, measured by the script after training).
-"""
-    (folder / "README.md").write_text(text, encoding="utf-8")
+{log.get('tile_512_machine', log['hardware'])} (the fastest of 5 runs, measured by the script after training).
+
+{card_section(log.get("map_quality"))}"""
+    (folder / "README.md").write_text(text.rstrip() + "\n", encoding="utf-8")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -325,10 +330,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cache-dir", type=Path, default=DEFAULT_CACHE, help="where the packages are downloaded")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--steps", type=int, default=None, help="steps of both stages (overrides the next two)")
-    parser.add_argument("--vae-steps", type=int, default=1500)
-    parser.add_argument("--unet-steps", type=int, default=2000)
-    parser.add_argument("--vae-minutes", type=float, default=14.0, help="time budget of the VAE stage")
-    parser.add_argument("--unet-minutes", type=float, default=16.0, help="time budget of the UNet stage")
+    parser.add_argument("--vae-steps", type=int, default=2400)
+    parser.add_argument("--unet-steps", type=int, default=3000)
+    parser.add_argument("--vae-minutes", type=float, default=32.0, help="time budget of the VAE stage")
+    parser.add_argument("--unet-minutes", type=float, default=30.0, help="time budget of the UNet stage")
     parser.add_argument("--no-time-limit", action="store_true", help="run the planned steps whatever they take")
     parser.add_argument("--vae-batch", type=int, default=8)
     parser.add_argument("--unet-batch", type=int, default=8)
@@ -339,6 +344,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--kl-weight", type=float, default=1e-6)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    parser.add_argument("--quality", type=Path, default=None,
+                        help="a benchmarks/map_quality.py result (JSON, paths rf, satdifuser-paper, satdifuser) "
+                             "for the card's map-quality section; with --card-only, added to the model in --out")
     parser.add_argument("--card-only", action="store_true",
                         help="only measure the speed and rewrite the card and checksums of --out from its log")
     args = parser.parse_args(argv)
@@ -351,15 +359,19 @@ def main(argv: list[str] | None = None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.card_only:
-        finish(args.out, json.loads((args.out / "training_log.json").read_text(encoding="utf-8")))
+        log = json.loads((args.out / "training_log.json").read_text(encoding="utf-8"))
+        if args.quality is not None:
+            log["map_quality"] = card_entry(args.quality, QUALITY_COLUMNS)
+        finish(args.out, log)
         return 0
 
     if args.steps is not None:
         args.vae_steps = args.unet_steps = args.steps
     torch.manual_seed(args.seed)
     device = torch.device(args.device)
+    threads = torch.get_num_threads()
     hardware = (torch.cuda.get_device_name(device) if device.type == "cuda"
-                else f"{cpu_name()}, {torch.get_num_threads()} threads (shared with other work)")
+                else f"{cpu_name()}, {threads} torch thread{'s' if threads != 1 else ''} (shared with other work)")
     start = time.monotonic()
     def report(message: str) -> None:
         print(message, flush=True)
@@ -393,6 +405,8 @@ def main(argv: list[str] | None = None) -> int:
         "data": table, "total_minutes": (time.monotonic() - start) / 60,
     }
     log["parameters"]["total"] = log["parameters"]["vae"] + log["parameters"]["unet"]
+    if args.quality is not None:
+        log["map_quality"] = card_entry(args.quality, QUALITY_COLUMNS)
     bundled.save_backbone(args.out, vae, unet, prompt, scale, log)
     finish(args.out, log)
     print(f"saved {args.out} ({log['size_mb']:.1f} MB) in {log['total_minutes']:.1f} min", flush=True)
@@ -419,11 +433,15 @@ def measure_tile_seconds(folder: Path, tile_px: int = 512, repeats: int = 5) -> 
 
 def finish(folder: Path, log: dict) -> None:
     """Size, speed, training_log.json, the model card and checksums.sha256 (written last, over all files)."""
+    import torch
+
     from backend.jobs.model_manager import write_checksums
     from backend.models.diffusion import bundled
 
     log["size_mb"] = bundled.folder_size_mb(folder)
     log["tile_512_seconds"] = round(measure_tile_seconds(folder), 2)
+    threads = torch.get_num_threads()
+    log["tile_512_machine"] = f"{cpu_name()}, {threads} torch thread{'s' if threads != 1 else ''}"
     (folder / "training_log.json").write_text(json.dumps(log, indent=1), encoding="utf-8")
     write_model_card(folder, log)
     write_checksums(folder)

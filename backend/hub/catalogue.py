@@ -121,12 +121,12 @@ register_model(ModelEntry(
     licence="Terrafuse's licence; trained on CC0, MIT and Apache-2.0 imagery (see its model card)",
     hosts=GITHUB_HOSTS, release_files=(
         ("unet/diffusion_pytorch_model.safetensors",
-         "33b8ca8edc7ffbc2b6a92a7b1d9d7351f00a437270cc0e192419ffd30fa1b0fc", 18891904),
+         "397773dc6f04ec95a37e091e183bc5fe94ea8727e2c48b49b48a45b872aa6348", 18891904),
         ("vae/diffusion_pytorch_model.safetensors",
-         "254c18b3ec8cee5aa0ed2b6f2c6107529e16aa68e6eb25288698c0bcb95567cf", 3932028),
+         "143dc4243cb44c19088b9bc45c4d19cb5e7b9552115b9e3e8d6bfd70082c39aa", 15557124),
     ),
     notes=("Ships with the plugin and works offline; far below DiffusionSat: for trying the flows. Its weights "
-           "(23 MB) are in a checkout; a plugin installed from plugins.qgis.org downloads them once, verified, "
+           "(34 MB) are in a checkout; a plugin installed from plugins.qgis.org downloads them once, verified, "
            "from the project's release."),
 ))
 register_model(ModelEntry(

@@ -72,7 +72,7 @@ def test_the_zipped_plugin_downloads_its_bundled_weights_in_the_model_manager(zi
             qtbot.mouseClick(dialog.downloadButton, Qt.MouseButton.LeftButton)
     assert done.args[1]["status"] == "ok", done.args
     assert len(asked) == 1
-    assert "22.8 MB" in asked[0]
+    assert "34.4 MB" in asked[0]
     assert "Unverified" not in asked[0]  # each file's sha256 is pinned
     assert len(server.file_requests(f"v{version()}/{assets[0].name}")) == 1
     assert dialog.progressBar.value() == 100

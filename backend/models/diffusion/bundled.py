@@ -34,7 +34,7 @@ BUNDLED_FOLDER = "terrafuse-tiny-diffusion"
 
 #: KL-VAE with SD's shape: 4 encoder blocks (3 downsamplings, 8x) and 4 latent channels, narrow widths.
 BUNDLED_VAE: dict[str, Any] = {
-    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (16, 32, 64, 64),
+    "in_channels": 3, "out_channels": 3, "latent_channels": 4, "block_out_channels": (32, 64, 128, 128),
     "down_block_types": ("DownEncoderBlock2D",) * 4, "up_block_types": ("UpDecoderBlock2D",) * 4,
     "layers_per_block": 1, "norm_num_groups": 8, "sample_size": 256,
 }

