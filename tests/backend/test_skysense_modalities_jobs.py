@@ -170,5 +170,5 @@ def test_the_bundled_model_maps_a_landsat_raster_and_an_rgb_image(inputs: dict[s
     x0, y0 = inputs["aerial_box"][:2]
     labels = _labels_scaled(tmp_path / "labels_hr.gpkg", x0, y0, 0.25)
     trained, classified, data = _train_then_classify(BUNDLED_SKYSENSE_NAME, tmp_path / "rgb", labels, hr=inputs["rgb"])
-    assert classified["grid"]["gsd_m"] == pytest.approx(1.0)
+    assert classified["grid"]["gsd_m"] == pytest.approx(0.5)  # 2 x 0.25 m
     assert min(_halves_separated(data, trained["model"])) > SEPARATED
