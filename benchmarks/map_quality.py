@@ -91,15 +91,11 @@ def load_scenes(names: list[str] | None, root: Path = SCENES) -> list[Scene]:
 
 def job_defaults(job: str, overrides: dict[str, str] | None = None, **values: Any) -> dict[str, Any]:
     """A job's parameters as the command line fills them: its defaults, then ``values``, then those of the
-    ``overrides`` (``--set name=value``, text read as the parameter's type) that the job has."""
+    ``overrides`` (``--set name=value``, read as the command line reads the parameter) that the job has."""
     spec = {p.name: p for p in get_job(job).params}
     params = {name: p.default for name, p in spec.items()}
     params.update(values)
-    for name, text in (overrides or {}).items():
-        if name in spec:
-            kind = spec[name].kind
-            params[name] = (int(text) if kind == "int" else float(text) if kind == "float"
-                            else text.lower() in ("1", "true", "yes") if kind == "bool" else text)
+    params.update({name: spec[name].coerce(text) for name, text in (overrides or {}).items() if name in spec})
     return params
 
 
